@@ -1,0 +1,123 @@
+"""Database engine, session factory and schema migration at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import ConnectionPoolEntry
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+# Applied to every new SQLite connection. busy_timeout comes first so that switching the journal
+# mode of a fresh file waits for other connections instead of failing.
+SQLITE_PRAGMAS = (
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+
+POSTGRES_POOL_SIZE = 10
+POSTGRES_MAX_OVERFLOW = 20
+POSTGRES_POOL_RECYCLE_S = 1800
+
+_ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+_SUPPORTED = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL, selecting the async driver when none (or `postgres://`) is given."""
+    parsed = make_url(url)
+    backend = "postgresql" if parsed.drivername == "postgres" else parsed.drivername
+    if backend in _ASYNC_DRIVERS:
+        parsed = parsed.set(drivername=_ASYNC_DRIVERS[backend])
+    if parsed.drivername not in _SUPPORTED:
+        raise ValueError(
+            f"unsupported database URL scheme {parsed.drivername!r}; "
+            "use sqlite+aiosqlite:///path/to/bot.db or postgresql+asyncpg://user@host/db"
+        )
+    return parsed
+
+
+def create_engine(url: str | URL) -> AsyncEngine:
+    """Create the async engine for a SQLite (aiosqlite) or PostgreSQL (asyncpg) URL."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _create_sqlite_engine(parsed)
+    return create_async_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_size=POSTGRES_POOL_SIZE,
+        max_overflow=POSTGRES_MAX_OVERFLOW,
+        pool_recycle=POSTGRES_POOL_RECYCLE_S,
+    )
+
+
+def _create_sqlite_engine(url: URL) -> AsyncEngine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file:")
+    if not in_memory:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+    # Transaction control follows SQLAlchemy's recipe for SQLite: the driver's own implicit
+    # BEGIN handling is switched off and every transaction starts with BEGIN IMMEDIATE. A
+    # deferred transaction that reads and later writes fails at once with "database is locked"
+    # when another connection wrote in between; taking the write lock up front makes writers
+    # queue on busy_timeout instead, and makes SAVEPOINT and DDL properly transactional.
+    event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+    event.listen(engine.sync_engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def _on_sqlite_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Create the session factory; loaded values stay usable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config() -> Config:
+    """Build the Alembic configuration for the migrations shipped inside the package."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+async def migrate(engine: AsyncEngine, *, revision: str = "head") -> None:
+    """Upgrade the database schema to `revision` (the newest by default); a no-op when current.
+
+    The connection is handed to Alembic without an open transaction: the migration environment
+    disables SQLite's foreign keys first (only possible outside a transaction) and then runs
+    all pending migrations in a single transaction.
+    """
+    config = alembic_config()
+    async with engine.connect() as connection:
+        await connection.run_sync(_upgrade, config, revision)
+
+
+def _upgrade(connection: Connection, config: Config, revision: str) -> None:
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)

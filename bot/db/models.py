@@ -1,0 +1,177 @@
+"""ORM models: the database schema of chats, users, conversation turns and usage records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# Longest error text kept in a usage record; longer messages are cut.
+ERROR_MAX_LENGTH = 500
+
+# Autoincrementing 64-bit key; on SQLite a plain INTEGER so the column aliases the rowid.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+_NOW = text("CURRENT_TIMESTAMP")
+
+
+def utcnow() -> datetime:
+    """Return the current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp that is always written and read back in UTC.
+
+    SQLite keeps no offset, so values are normalised to UTC before they are stored and naive
+    values read back are marked as UTC; PostgreSQL stores them as `timestamptz`.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Reject naive datetimes and convert aware ones to UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC timestamp column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Return stored timestamps as aware UTC datetimes."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base whose metadata names every constraint and index predictably."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Chat(Base):
+    """A Telegram chat the bot talks in, with its per-chat settings."""
+
+    __tablename__ = "chats"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String)
+    title: Mapped[str | None] = mapped_column(String)
+    # Model chosen for this chat; NULL means the configured default.
+    model: Mapped[str | None] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, server_default=_NOW
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, server_default=_NOW
+    )
+
+
+class User(Base):
+    """A Telegram user the bot has seen."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    username: Mapped[str | None] = mapped_column(String)
+    full_name: Mapped[str] = mapped_column(String)
+    # Language reported by Telegram, and the language the user picked in the bot.
+    language_code: Mapped[str | None] = mapped_column(String)
+    language: Mapped[str | None] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, server_default=_NOW
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, onupdate=utcnow, server_default=_NOW
+    )
+
+
+class Turn(Base):
+    """One message of a chat's conversation with the model."""
+
+    __tablename__ = "turns"
+    __table_args__ = (
+        # "Newest N turns of a chat" is a backward range scan of this index.
+        Index(None, "chat_id", "id"),
+        # A re-delivered Telegram update must not store the same user message twice.
+        UniqueConstraint("chat_id", "telegram_message_id"),
+        CheckConstraint("role IN ('user', 'assistant')", name="role"),
+        CheckConstraint("length(content) > 0", name="content_not_empty"),
+        CheckConstraint("tokens >= 0", name="tokens_not_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    chat_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("chats.id", ondelete="CASCADE")
+    )
+    role: Mapped[str] = mapped_column(String)
+    content: Mapped[str] = mapped_column(Text)
+    author_id: Mapped[int | None] = mapped_column(BigInteger)
+    author_name: Mapped[str | None] = mapped_column(String)
+    tokens: Mapped[int] = mapped_column(Integer)
+    interrupted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, server_default=_NOW
+    )
+
+
+class UsageRecord(Base):
+    """One model request, kept for usage statistics; costs are derived from it at query time."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        Index(None, "created_at"),
+        Index(None, "user_id", "created_at"),
+        Index(None, "chat_id", "created_at"),
+        Index(None, "model", "created_at"),
+        CheckConstraint("kind IN ('chat', 'image')", name="kind"),
+        CheckConstraint("status IN ('ok', 'error', 'interrupted')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    # No foreign keys: usage must be kept even when the user or chat row is missing.
+    user_id: Mapped[int | None] = mapped_column(BigInteger)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    model: Mapped[str] = mapped_column(String)
+    kind: Mapped[str] = mapped_column(String)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    images: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    estimated: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String)
+    finish_reason: Mapped[str | None] = mapped_column(String)
+    error: Mapped[str | None] = mapped_column(String(ERROR_MAX_LENGTH))
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, server_default=_NOW
+    )

@@ -1,0 +1,1 @@
+"""Client for OpenAI-compatible backends; every provider quirk lives in this package."""

@@ -1,0 +1,64 @@
+"""The backend client's exception tree."""
+
+from __future__ import annotations
+
+
+class LLMError(Exception):
+    """Base of every backend failure; `str()` is a short technical description."""
+
+
+class LLMTimeoutError(LLMError):
+    """The backend did not connect, start or continue answering in time."""
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"backend timed out ({phase}, {seconds:g}s)")
+        self.phase = phase  # "connect", "first_token", "idle" or "total"
+        self.seconds = seconds
+
+
+class LLMUnavailableError(LLMError):
+    """The backend could not be reached or the connection broke."""
+
+
+class LLMProtocolError(LLMError):
+    """The backend answered something that is not a valid OpenAI-compatible response."""
+
+
+class LLMHTTPError(LLMError):
+    """The backend answered with an error status or an error object."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+class LLMAuthError(LLMHTTPError):
+    """401/403: the API key is missing, wrong or not allowed."""
+
+
+class LLMNotFoundError(LLMHTTPError):
+    """404 or an unknown-model error: the model (or endpoint) does not exist."""
+
+
+class LLMBadRequestError(LLMHTTPError):
+    """400: the backend rejected the request."""
+
+
+class LLMContextLengthError(LLMBadRequestError):
+    """400 because the prompt does not fit the model's context window."""
+
+
+class LLMRateLimitError(LLMHTTPError):
+    """429: too many requests; `retry_after` in seconds when the backend said."""
+
+    def __init__(
+        self, status: int, message: str, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(status, message, code)
+        self.retry_after = retry_after
+
+
+class LLMServerError(LLMHTTPError):
+    """5xx (or an in-stream server error): the backend failed."""

@@ -1,0 +1,54 @@
+"""Plain data exchanged with the backend client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    """One message of the prompt sent to the backend."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call; `estimated` is True when the backend reported none or zeros."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """A piece of the answer's text, in arrival order."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The end of a stream: why it finished and the usage the backend reported, if any."""
+
+    finish_reason: str | None
+    usage: Usage | None
+
+
+ChatEvent = TextDelta | StreamEnd
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One entry of the backend's model list."""
+
+    id: str
+    name: str | None = None
+    context_tokens: int | None = None
+    available: bool = True
+    kind: str | None = None  # "chat", "image", "embedding", "audio" when the backend says

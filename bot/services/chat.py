@@ -1,0 +1,398 @@
+"""The chat service: one user message in, one streamed answer out, history and usage stored."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import texts
+from bot.db.repositories import (
+    ChatRepository,
+    NewTurn,
+    NewUsage,
+    TurnRecord,
+    TurnRepository,
+    UsageRepository,
+    UserRepository,
+)
+from bot.llm.client import LLMClient
+from bot.llm.errors import (
+    LLMAuthError,
+    LLMBadRequestError,
+    LLMContextLengthError,
+    LLMError,
+    LLMHTTPError,
+    LLMNotFoundError,
+    LLMRateLimitError,
+    LLMServerError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+)
+from bot.llm.types import ChatMessage, Role, StreamEnd, TextDelta, Usage
+from bot.services.sink import ReplySink
+from bot.services.tokens import PER_MESSAGE_OVERHEAD, REPLY_PRIMING, TokenCounter
+
+logger = logging.getLogger(__name__)
+
+GROUP_TYPES = frozenset({"group", "supergroup"})
+GROUP_PROMPT = (
+    "\n\nYou are in a group chat. Each user message starts with the name of the person who "
+    "wrote it, followed by a colon."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A user's text message addressed to the bot."""
+
+    chat_id: int
+    chat_type: str
+    chat_title: str | None
+    user_id: int
+    user_full_name: str
+    username: str | None
+    language_code: str | None
+    text: str
+    message_id: int | None = None
+
+    @property
+    def is_group(self) -> bool:
+        """True in groups and supergroups."""
+        return self.chat_type in GROUP_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    """Settings the chat service needs."""
+
+    default_model: str
+    system_prompt: str
+    max_tokens: int | None
+    temperature: float | None
+    history_token_budget: int
+    context_window: int
+    history_max_turns: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyOutcome:
+    """What happened to one request."""
+
+    status: str  # "ok", "error", "interrupted", "rejected", "duplicate"
+    model: str
+    answer: str = ""
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    latency_ms: int = 0
+
+
+class ChatService:
+    """Answers chat messages: reads history, streams the backend's answer, records the turn."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        llm: LLMClient,
+        tokens: TokenCounter,
+        config: ChatConfig,
+        context_window_for: Callable[[str], int | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = sessions
+        self._llm = llm
+        self._tokens = tokens
+        self._config = config
+        self._context_window_for = context_window_for
+        self._clock = clock
+
+    async def reset(self, *, chat_id: int) -> int:
+        """Forget a chat's conversation; returns the number of turns removed."""
+        async with self._sessions() as session, session.begin():
+            return await TurnRepository(session).clear(chat_id=chat_id)
+
+    async def reply(self, *, request: ChatRequest, sink: ReplySink) -> ReplyOutcome:
+        """Answer one message through `sink`; history and usage are stored once, at the end."""
+        loaded = await self._load(request)
+        if loaded is None:
+            logger.info("chat %s: message %s already answered", request.chat_id, request.message_id)
+            return ReplyOutcome(status="duplicate", model=self._config.default_model)
+        model, history = loaded
+        user_content = self._user_content(request)
+        prompt = self._build_prompt(
+            model=model, history=history, user_content=user_content, is_group=request.is_group
+        )
+        if isinstance(prompt, int):
+            await sink.fail(texts.TOO_LONG.format(tokens=prompt, limit=self._budget(model)))
+            return ReplyOutcome(status="rejected", model=model)
+
+        started = self._clock()
+        await sink.start()
+        parts: list[str] = []
+        end: StreamEnd | None = None
+        failure: BaseException | None = None
+        first_token_at: float | None = None
+        try:
+            async for event in self._llm.stream_chat(
+                model=model,
+                messages=prompt,
+                max_tokens=self._config.max_tokens,
+                temperature=self._config.temperature,
+            ):
+                if isinstance(event, TextDelta):
+                    if first_token_at is None:
+                        first_token_at = self._clock()
+                    parts.append(event.text)
+                    sink.push(event.text)
+                else:
+                    end = event
+        except LLMError as exc:
+            failure = exc
+        except asyncio.CancelledError as exc:
+            # Shutdown: keep what was shown, tell the user, record it, then stop.
+            failure = exc
+        latency_ms = int((self._clock() - started) * 1000)
+        answer = "".join(parts)
+        has_text = bool(answer.strip())
+
+        if failure is None:
+            status = "ok"
+        elif has_text:
+            status = "interrupted"
+        else:
+            status = "error"
+        usage = self._usage(end.usage if end else None, prompt, answer, status)
+        finish_reason = end.finish_reason if end else None
+        await self._store(
+            request=request,
+            model=model,
+            user_content=request.text,
+            answer=answer if has_text else "",
+            usage=usage,
+            status=status,
+            finish_reason=finish_reason,
+            latency_ms=latency_ms,
+            error=_short_error(failure),
+        )
+        logger.info(
+            "answer chat=%s model=%s prompt_tokens=%s completion_tokens=%s estimated=%s "
+            "latency_ms=%s first_token_ms=%s finish=%s status=%s",
+            request.chat_id,
+            model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.estimated,
+            latency_ms,
+            int((first_token_at - started) * 1000) if first_token_at is not None else None,
+            finish_reason,
+            status if failure is None else f"{status}:{type(failure).__name__}",
+        )
+
+        if status == "ok" and not has_text:
+            await sink.fail(texts.EMPTY_ANSWER)
+        elif status == "ok":
+            note = texts.TRUNCATED if finish_reason == "length" else None
+            await sink.finish(note=note)
+        elif status == "interrupted":
+            await sink.finish(note=texts.INTERRUPTED.format(reason=_interruption_reason(failure)))
+        else:
+            await sink.fail(describe_error(failure, model=model))
+        if isinstance(failure, asyncio.CancelledError):
+            raise failure
+        return ReplyOutcome(
+            status=status,
+            model=model,
+            answer=answer,
+            usage=usage,
+            finish_reason=finish_reason,
+            latency_ms=latency_ms,
+        )
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    async def _load(self, request: ChatRequest) -> tuple[str, list[TurnRecord]] | None:
+        async with self._sessions() as session, session.begin():
+            chat = await ChatRepository(session).upsert(
+                chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
+            )
+            await UserRepository(session).upsert(
+                user_id=request.user_id,
+                username=request.username,
+                full_name=request.user_full_name,
+                language_code=request.language_code,
+            )
+            turns = TurnRepository(session)
+            if request.message_id is not None and await turns.has_message(
+                chat_id=request.chat_id, telegram_message_id=request.message_id
+            ):
+                return None
+            history = await turns.recent(
+                chat_id=request.chat_id, limit=self._config.history_max_turns
+            )
+        return chat.model or self._config.default_model, history
+
+    def _budget(self, model: str) -> int:
+        window = self._config.context_window
+        if self._context_window_for is not None:
+            window = self._context_window_for(model) or window
+        reserve = self._config.max_tokens or 0
+        return max(0, min(self._config.history_token_budget, window - reserve))
+
+    def _system_prompt(self, is_group: bool) -> str:
+        return self._config.system_prompt + (GROUP_PROMPT if is_group else "")
+
+    def _user_content(self, request: ChatRequest) -> str:
+        if request.is_group:
+            return f"{request.user_full_name}: {request.text}"
+        return request.text
+
+    def _build_prompt(
+        self, *, model: str, history: Sequence[TurnRecord], user_content: str, is_group: bool
+    ) -> list[ChatMessage] | int:
+        """System prompt, then the newest turns that fit the budget, then the new message.
+
+        Returns the token count of the new message instead when even that alone cannot fit.
+        """
+        budget = self._budget(model)
+        system = self._system_prompt(is_group)
+        used = self._tokens.count_message(system) + REPLY_PRIMING
+        new_cost = self._tokens.count_message(user_content)
+        if used + new_cost > budget:
+            return new_cost
+        used += new_cost
+        kept: list[ChatMessage] = []
+        for turn in reversed(history):
+            content = self._turn_content(turn)
+            # `tokens` counts the stored text; the author prefix and framing come on top.
+            cost = turn.tokens + PER_MESSAGE_OVERHEAD
+            if content is not turn.content:
+                cost += self._tokens.count(content[: len(content) - len(turn.content)])
+            if used + cost > budget:
+                break
+            used += cost
+            role: Role = "user" if turn.role == "user" else "assistant"
+            kept.append(ChatMessage(role=role, content=content))
+        kept.reverse()
+        # Many backends require the conversation to start with a user turn.
+        while kept and kept[0].role != "user":
+            kept.pop(0)
+        return [
+            ChatMessage(role="system", content=system),
+            *kept,
+            ChatMessage(role="user", content=user_content),
+        ]
+
+    def _turn_content(self, turn: TurnRecord) -> str:
+        if turn.role == "user" and turn.author_name:
+            return f"{turn.author_name}: {turn.content}"
+        return turn.content
+
+    def _usage(
+        self, reported: Usage | None, prompt: Sequence[ChatMessage], answer: str, status: str
+    ) -> Usage:
+        if reported is not None and (reported.prompt_tokens or reported.completion_tokens):
+            return reported
+        if status == "error":
+            return Usage(prompt_tokens=0, completion_tokens=0, estimated=True)
+        return Usage(
+            prompt_tokens=self._tokens.count_prompt(prompt),
+            completion_tokens=self._tokens.count(answer),
+            estimated=True,
+        )
+
+    async def _store(
+        self,
+        *,
+        request: ChatRequest,
+        model: str,
+        user_content: str,
+        answer: str,
+        usage: Usage,
+        status: str,
+        finish_reason: str | None,
+        latency_ms: int,
+        error: str | None,
+    ) -> None:
+        """Record the call and, when there is an answer, both turns, in one transaction."""
+        async with self._sessions() as session, session.begin():
+            if answer:
+                await TurnRepository(session).add(
+                    chat_id=request.chat_id,
+                    turns=[
+                        NewTurn(
+                            role="user",
+                            content=user_content,
+                            tokens=self._tokens.count(user_content),
+                            author_id=request.user_id,
+                            author_name=request.user_full_name if request.is_group else None,
+                            telegram_message_id=request.message_id,
+                        ),
+                        NewTurn(
+                            role="assistant",
+                            content=answer,
+                            tokens=self._tokens.count(answer),
+                            interrupted=status == "interrupted",
+                        ),
+                    ],
+                )
+            await UsageRepository(session).add(
+                NewUsage(
+                    user_id=request.user_id,
+                    chat_id=request.chat_id,
+                    model=model,
+                    kind="chat",
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    estimated=usage.estimated,
+                    status=status,
+                    latency_ms=latency_ms,
+                    finish_reason=finish_reason,
+                    error=error,
+                )
+            )
+
+
+def _short_error(failure: BaseException | None) -> str | None:
+    if failure is None:
+        return None
+    if isinstance(failure, asyncio.CancelledError):
+        return "cancelled"
+    return str(failure)[:300] or type(failure).__name__
+
+
+def _interruption_reason(failure: BaseException | None) -> str:
+    if isinstance(failure, asyncio.CancelledError):
+        return texts.REASON_SHUTDOWN
+    if isinstance(failure, LLMTimeoutError):
+        return texts.REASON_TIMEOUT
+    if isinstance(failure, LLMUnavailableError):
+        return texts.REASON_CONNECTION
+    return texts.REASON_SERVER
+
+
+def describe_error(failure: BaseException | None, *, model: str) -> str:
+    """A plain explanation of a backend failure for the person chatting."""
+    if isinstance(failure, LLMAuthError):
+        return texts.ERR_AUTH
+    if isinstance(failure, LLMNotFoundError):
+        return texts.ERR_MODEL_NOT_FOUND.format(model=model)
+    if isinstance(failure, LLMContextLengthError):
+        return texts.ERR_CONTEXT
+    if isinstance(failure, LLMBadRequestError):
+        return texts.ERR_BAD_REQUEST.format(detail=failure.message[:200])
+    if isinstance(failure, LLMRateLimitError):
+        return texts.ERR_RATE_LIMIT
+    if isinstance(failure, LLMTimeoutError):
+        return texts.ERR_TIMEOUT
+    if isinstance(failure, LLMUnavailableError):
+        return texts.ERR_UNAVAILABLE
+    if isinstance(failure, (LLMServerError, LLMHTTPError)):
+        return texts.ERR_SERVER
+    if isinstance(failure, asyncio.CancelledError):
+        return texts.INTERRUPTED.format(reason=texts.REASON_SHUTDOWN)
+    return texts.ERR_GENERIC
