@@ -1,0 +1,152 @@
+"""Composition root: builds every long-lived object from the settings and runs the bot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import httpx
+from aiogram import Bot, Dispatcher
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import BotCommand
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot import texts
+from bot.config import Settings
+from bot.db.engine import create_engine, create_sessionmaker, migrate
+from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
+from bot.services.chat import ChatConfig, ChatService
+from bot.services.tokens import TokenCounter
+from bot.telegram.handlers import chat, common
+from bot.telegram.middlewares import AccessMiddleware, ChatSequencer, InflightTracker
+from bot.telegram.pacing import FloodGate
+from bot.telegram.replies import Replies
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = ["message", "callback_query"]
+
+
+@dataclass
+class App:
+    """Everything the running bot is made of."""
+
+    settings: Settings
+    engine: AsyncEngine
+    http: httpx.AsyncClient
+    bot: Bot
+    dispatcher: Dispatcher
+    tracker: InflightTracker
+
+
+async def build_app(settings: Settings) -> App:
+    """Create the database (migrated), HTTP client, services, bot and dispatcher."""
+    engine = create_engine(settings.database_url)
+    await migrate(engine)
+    sessions = create_sessionmaker(engine)
+
+    # One pooled client for every backend call; streams are long-lived, so allow many at once.
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=4096, max_keepalive_connections=64),
+        headers={"User-Agent": "llm-telegram-bot"},
+    )
+    llm = LLMClient(
+        http=http,
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+        timeouts=LLMTimeouts(
+            connect=settings.llm_connect_timeout,
+            first_token=settings.llm_first_token_timeout,
+            idle=settings.llm_idle_timeout,
+            total=settings.llm_total_timeout,
+        ),
+        retry=RetryPolicy(max_retries=settings.llm_max_retries),
+    )
+    chat_service = ChatService(
+        sessions=sessions,
+        llm=llm,
+        tokens=TokenCounter(),
+        config=ChatConfig(
+            default_model=settings.llm_model,
+            system_prompt=settings.system_prompt,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            history_token_budget=settings.history_token_budget,
+            context_window=settings.context_window,
+        ),
+    )
+
+    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    bot = Bot(token=settings.bot_token.get_secret_value(), session=session)
+    gate = FloodGate(
+        private_interval=settings.edit_interval_private,
+        group_interval=settings.edit_interval_group,
+        global_rate=settings.telegram_rate_limit,
+    )
+    tracker = InflightTracker()
+    dispatcher = Dispatcher(
+        chat_service=chat_service,
+        replies=Replies(bot=bot, gate=gate),
+        settings=settings,
+    )
+    dispatcher.update.outer_middleware(tracker)
+    dispatcher.message.outer_middleware(ChatSequencer())
+    access = AccessMiddleware(
+        owner_ids=settings.owner_ids,
+        allowed_user_ids=settings.allowed_user_ids,
+        allowed_chat_ids=settings.allowed_chat_ids,
+    )
+    dispatcher.message.middleware(access)
+    dispatcher.callback_query.middleware(access)
+    # The conversation router catches every remaining message, so it goes last.
+    dispatcher.include_routers(common.router, chat.router)
+    app = App(
+        settings=settings,
+        engine=engine,
+        http=http,
+        bot=bot,
+        dispatcher=dispatcher,
+        tracker=tracker,
+    )
+    dispatcher.startup.register(lambda: _on_startup(app))
+    dispatcher.shutdown.register(lambda: _on_shutdown(app))
+    return app
+
+
+async def _on_startup(app: App) -> None:
+    me = await app.bot.me()
+    logger.info("bot @%s (id %s) starting, backend %s", me.username, me.id,
+                app.settings.llm_base_url)
+    try:
+        await app.bot.delete_webhook(drop_pending_updates=False)
+        await app.bot.set_my_commands(
+            [BotCommand(command=c, description=d) for c, d in texts.COMMANDS]
+        )
+    except TelegramAPIError as exc:
+        logger.warning("could not register the command menu: %s", exc)
+
+
+async def _on_shutdown(app: App) -> None:
+    await app.tracker.drain(app.settings.shutdown_grace)
+    if app.tracker.last_update_id is not None:
+        # Telegram confirms updates only when the next getUpdates carries a higher offset;
+        # without this, the last batch would be answered again after a restart.
+        with contextlib.suppress(TelegramAPIError, asyncio.TimeoutError):
+            await app.bot.get_updates(
+                offset=app.tracker.last_update_id + 1, limit=1, timeout=0
+            )
+    await app.http.aclose()
+    await app.engine.dispose()
+    logger.info("stopped cleanly")
+
+
+async def run(settings: Settings) -> None:
+    """Build the app and poll Telegram until SIGTERM/SIGINT."""
+    app = await build_app(settings)
+    await app.dispatcher.start_polling(
+        app.bot, allowed_updates=ALLOWED_UPDATES, handle_signals=True, close_bot_session=True
+    )

@@ -1,0 +1,359 @@
+"""Repositories: the queries the bot runs, returning plain immutable records.
+
+Every repository works inside the caller's `AsyncSession` and transaction; none of them begins,
+commits or rolls back. They run Core statements only, so no ORM objects are loaded into the
+session and nothing they return can go stale or trigger lazy loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, Table, delete, exists, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.models import ERROR_MAX_LENGTH, Chat, Turn, UsageRecord, User, utcnow
+
+TURN_ROLES = frozenset({"user", "assistant"})
+USAGE_KINDS = frozenset({"chat", "image"})
+USAGE_STATUSES = frozenset({"ok", "error", "interrupted"})
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRecord:
+    """A chat and its settings."""
+
+    id: int
+    type: str
+    title: str | None
+    model: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A user as last seen, with the language they chose."""
+
+    id: int
+    username: str | None
+    full_name: str
+    language_code: str | None
+    language: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """A stored conversation turn."""
+
+    id: int
+    role: str
+    content: str
+    author_id: int | None
+    author_name: str | None
+    tokens: int
+    interrupted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewTurn:
+    """A conversation turn to be stored."""
+
+    role: str
+    content: str
+    tokens: int
+    author_id: int | None = None
+    author_name: str | None = None
+    interrupted: bool = False
+    telegram_message_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewUsage:
+    """One model request to be recorded for usage statistics."""
+
+    user_id: int | None
+    chat_id: int
+    model: str
+    kind: str
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool
+    status: str
+    latency_ms: int
+    finish_reason: str | None = None
+    error: str | None = None
+    images: int = 0
+
+
+def _upsert_insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """Return the dialect's INSERT construct, which supports ON CONFLICT."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"upserts are not implemented for the {dialect!r} database")
+
+
+class ChatRepository:
+    """Chats and their per-chat settings."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Work inside `session`."""
+        self._session = session
+
+    async def upsert(self, *, chat_id: int, type: str, title: str | None) -> ChatRecord:
+        """Insert the chat or update its type and title; the chosen model is kept."""
+        table = Chat.__table__
+        now = utcnow()
+        stmt = _upsert_insert(self._session, table).values(
+            id=chat_id, type=type, title=title, created_at=now, updated_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.id],
+            set_={
+                "type": stmt.excluded.type,
+                "title": stmt.excluded.title,
+                "updated_at": stmt.excluded.updated_at,
+            },
+            # Unchanged rows are not rewritten, so the per-message upsert costs no write.
+            where=(table.c.type != stmt.excluded.type)
+            | table.c.title.is_distinct_from(stmt.excluded.title),
+        ).returning(table.c.id, table.c.type, table.c.title, table.c.model)
+        row = (await self._session.execute(stmt)).one_or_none()
+        if row is None:
+            record = await self.get(chat_id=chat_id)
+            assert record is not None, "the conflicting chat row must exist"
+            return record
+        return ChatRecord(id=row.id, type=row.type, title=row.title, model=row.model)
+
+    async def get(self, *, chat_id: int) -> ChatRecord | None:
+        """Return the chat, or None if it was never stored."""
+        stmt = select(Chat.id, Chat.type, Chat.title, Chat.model).where(Chat.id == chat_id)
+        row = (await self._session.execute(stmt)).one_or_none()
+        if row is None:
+            return None
+        return ChatRecord(id=row.id, type=row.type, title=row.title, model=row.model)
+
+    async def set_model(self, *, chat_id: int, model: str | None) -> None:
+        """Choose the chat's model; None returns it to the default. Unknown chats are ignored."""
+        stmt = (
+            update(Chat)
+            .where(Chat.id == chat_id)
+            .values(model=model, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        await self._session.execute(stmt)
+
+
+class UserRepository:
+    """Telegram users and their preferences."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Work inside `session`."""
+        self._session = session
+
+    async def upsert(
+        self,
+        *,
+        user_id: int,
+        username: str | None,
+        full_name: str,
+        language_code: str | None,
+    ) -> UserRecord:
+        """Insert the user or update what Telegram reports; the chosen language is kept."""
+        table = User.__table__
+        now = utcnow()
+        stmt = _upsert_insert(self._session, table).values(
+            id=user_id,
+            username=username,
+            full_name=full_name,
+            language_code=language_code,
+            created_at=now,
+            updated_at=now,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[table.c.id],
+            set_={
+                "username": stmt.excluded.username,
+                "full_name": stmt.excluded.full_name,
+                "language_code": stmt.excluded.language_code,
+                "updated_at": stmt.excluded.updated_at,
+            },
+            # Unchanged rows are not rewritten, so the per-message upsert costs no write.
+            where=table.c.username.is_distinct_from(stmt.excluded.username)
+            | (table.c.full_name != stmt.excluded.full_name)
+            | table.c.language_code.is_distinct_from(stmt.excluded.language_code),
+        ).returning(
+            table.c.id,
+            table.c.username,
+            table.c.full_name,
+            table.c.language_code,
+            table.c.language,
+        )
+        row = (await self._session.execute(stmt)).one_or_none()
+        if row is None:
+            record = await self.get(user_id=user_id)
+            assert record is not None, "the conflicting user row must exist"
+            return record
+        return _user_record(row)
+
+    async def get(self, *, user_id: int) -> UserRecord | None:
+        """Return the user, or None if they were never stored."""
+        stmt = select(
+            User.id, User.username, User.full_name, User.language_code, User.language
+        ).where(User.id == user_id)
+        row = (await self._session.execute(stmt)).one_or_none()
+        return None if row is None else _user_record(row)
+
+    async def set_language(self, *, user_id: int, language: str | None) -> None:
+        """Set the user's chosen language; None clears it. Unknown users are ignored."""
+        stmt = (
+            update(User)
+            .where(User.id == user_id)
+            .values(language=language, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        await self._session.execute(stmt)
+
+
+def _user_record(row: Any) -> UserRecord:
+    return UserRecord(
+        id=row.id,
+        username=row.username,
+        full_name=row.full_name,
+        language_code=row.language_code,
+        language=row.language,
+    )
+
+
+class TurnRepository:
+    """The conversation history of each chat."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Work inside `session`."""
+        self._session = session
+
+    async def add(self, *, chat_id: int, turns: Sequence[NewTurn]) -> None:
+        """Append turns to the chat's history, in the given order.
+
+        Raises ValueError for an invalid turn, and IntegrityError if a user turn's Telegram
+        message id is already stored for this chat or the chat does not exist.
+        """
+        if not turns:
+            return
+        for turn in turns:
+            _check_turn(turn)
+        now = utcnow()
+        rows = [
+            {
+                "chat_id": chat_id,
+                "role": turn.role,
+                "content": turn.content,
+                "author_id": turn.author_id,
+                "author_name": turn.author_name,
+                "tokens": turn.tokens,
+                "interrupted": turn.interrupted,
+                "telegram_message_id": turn.telegram_message_id,
+                "created_at": now,
+            }
+            for turn in turns
+        ]
+        # A plain executemany inserts the rows one after another, so ids follow list order.
+        await self._session.execute(insert(Turn.__table__), rows)
+
+    async def recent(self, *, chat_id: int, limit: int) -> list[TurnRecord]:
+        """Return the chat's newest `limit` turns, oldest first."""
+        if limit <= 0:
+            return []
+        stmt = (
+            select(
+                Turn.id,
+                Turn.role,
+                Turn.content,
+                Turn.author_id,
+                Turn.author_name,
+                Turn.tokens,
+                Turn.interrupted,
+            )
+            .where(Turn.chat_id == chat_id)
+            .order_by(Turn.id.desc())
+            .limit(limit)
+        )
+        rows = (await self._session.execute(stmt)).all()
+        return [
+            TurnRecord(
+                id=row.id,
+                role=row.role,
+                content=row.content,
+                author_id=row.author_id,
+                author_name=row.author_name,
+                tokens=row.tokens,
+                interrupted=row.interrupted,
+            )
+            for row in reversed(rows)
+        ]
+
+    async def clear(self, *, chat_id: int) -> int:
+        """Delete the chat's history and return how many turns were deleted."""
+        stmt = (
+            delete(Turn)
+            .where(Turn.chat_id == chat_id)
+            .execution_options(synchronize_session=False)
+        )
+        result = cast(CursorResult[Any], await self._session.execute(stmt))
+        return result.rowcount
+
+    async def has_message(self, *, chat_id: int, telegram_message_id: int) -> bool:
+        """Tell whether a user turn from this Telegram message is already stored."""
+        stmt = select(
+            exists().where(
+                Turn.chat_id == chat_id, Turn.telegram_message_id == telegram_message_id
+            )
+        )
+        return bool(await self._session.scalar(stmt))
+
+
+def _check_turn(turn: NewTurn) -> None:
+    if turn.role not in TURN_ROLES:
+        raise ValueError(f"turn role must be one of {sorted(TURN_ROLES)}, got {turn.role!r}")
+    if not turn.content:
+        raise ValueError("turn content must not be empty")
+    if turn.tokens < 0:
+        raise ValueError(f"turn tokens must not be negative, got {turn.tokens}")
+
+
+class UsageRepository:
+    """Usage records of model requests."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        """Work inside `session`."""
+        self._session = session
+
+    async def add(self, record: NewUsage) -> None:
+        """Store one usage record; an overlong error text is cut to the column's length."""
+        if record.kind not in USAGE_KINDS:
+            raise ValueError(f"usage kind must be one of {sorted(USAGE_KINDS)}")
+        if record.status not in USAGE_STATUSES:
+            raise ValueError(f"usage status must be one of {sorted(USAGE_STATUSES)}")
+        error = record.error
+        if error is not None and len(error) > ERROR_MAX_LENGTH:
+            error = error[: ERROR_MAX_LENGTH - 1] + "…"
+        stmt = insert(UsageRecord.__table__).values(
+            user_id=record.user_id,
+            chat_id=record.chat_id,
+            model=record.model,
+            kind=record.kind,
+            prompt_tokens=record.prompt_tokens,
+            completion_tokens=record.completion_tokens,
+            images=record.images,
+            estimated=record.estimated,
+            status=record.status,
+            finish_reason=record.finish_reason,
+            error=error,
+            latency_ms=record.latency_ms,
+            created_at=utcnow(),
+        )
+        await self._session.execute(stmt)

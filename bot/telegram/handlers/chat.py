@@ -1,0 +1,58 @@
+"""Conversation: text messages addressed to the bot get a streamed answer. Registered last."""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.types import Message
+
+from bot import texts
+from bot.services.chat import ChatRequest, ChatService
+from bot.telegram.filters import GROUP_TYPES, Addressed, NotFromBot
+from bot.telegram.replies import Replies
+
+router = Router(name=__name__)
+MEDIA_TYPES = frozenset(
+    {
+        "sticker", "photo", "voice", "video", "video_note", "audio", "document", "animation",
+        "location", "venue", "contact", "poll", "dice", "story",
+    }
+)
+router.message.filter(NotFromBot())
+
+
+@router.message(F.text.startswith("/"), Addressed())
+async def unknown_command(message: Message, replies: Replies) -> None:
+    """A command no other router knows (commands for other bots never get here in groups)."""
+    command = (message.text or "").split()[0]
+    _, _, mention = command.partition("@")
+    if message.chat.type in GROUP_TYPES and not mention:
+        return  # a bare /cmd in a group may be meant for another bot
+    await replies.text(message, texts.UNKNOWN_COMMAND)
+
+
+@router.message(F.text | F.caption, Addressed())
+async def converse(
+    message: Message, prompt: str, chat_service: ChatService, replies: Replies
+) -> None:
+    """Stream the model's answer to a text message."""
+    if not prompt or message.from_user is None:
+        return  # empty text (e.g. only the bot's @mention) is ignored
+    user = message.from_user
+    request = ChatRequest(
+        chat_id=message.chat.id,
+        chat_type=message.chat.type,
+        chat_title=message.chat.title,
+        user_id=user.id,
+        user_full_name=user.full_name,
+        username=user.username,
+        language_code=user.language_code,
+        text=prompt,
+        message_id=message.message_id,
+    )
+    await chat_service.reply(request=request, sink=replies.writer(message))
+
+
+@router.message(F.content_type.in_(MEDIA_TYPES), Addressed())
+async def unsupported(message: Message, replies: Replies) -> None:
+    """Stickers, voice, files and captionless photos: say what is supported."""
+    await replies.text(message, texts.UNSUPPORTED_CONTENT)

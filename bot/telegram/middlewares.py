@@ -1,0 +1,124 @@
+"""Dispatcher middlewares: in-flight tracking, per-chat ordering and access control."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiogram import BaseMiddleware
+from aiogram.types import CallbackQuery, Message, TelegramObject, Update
+
+from bot import texts
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass
+class InflightTracker:
+    """Outer update middleware: remembers handled update ids and the tasks still running."""
+
+    last_update_id: int | None = None
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        """Track the update while its handler runs."""
+        if isinstance(event, Update):
+            if self.last_update_id is None or event.update_id > self.last_update_id:
+                self.last_update_id = event.update_id
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        try:
+            return await handler(event, data)
+        finally:
+            if task is not None:
+                self.tasks.discard(task)
+
+    async def drain(self, grace: float) -> None:
+        """Let running handlers finish for up to `grace` seconds, then cancel the rest."""
+        current = asyncio.current_task()
+        pending = {t for t in self.tasks if t is not current and not t.done()}
+        if not pending:
+            return
+        logger.info("waiting up to %ss for %s answers in progress", grace, len(pending))
+        _, still = await asyncio.wait(pending, timeout=grace) if grace > 0 else (set(), pending)
+        for task in still:
+            task.cancel()
+        if still:
+            logger.info("interrupting %s answers", len(still))
+            await asyncio.wait(still, timeout=30)
+
+
+class ChatSequencer(BaseMiddleware):
+    """Outer message middleware: one message at a time per chat, in arrival order.
+
+    aiogram handles every update as its own task. asyncio.Lock wakes waiters in FIFO order, and
+    updates reach this middleware in the order polling received them, so a chat's second message
+    is answered after the first while other chats proceed concurrently.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._users: dict[int, int] = {}
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        """Run the handler while holding the chat's lock."""
+        if not isinstance(event, Message):
+            return await handler(event, data)
+        chat_id = event.chat.id
+        lock = self._locks.setdefault(chat_id, asyncio.Lock())
+        self._users[chat_id] = self._users.get(chat_id, 0) + 1
+        try:
+            async with lock:
+                return await handler(event, data)
+        finally:
+            self._users[chat_id] -= 1
+            if not self._users[chat_id]:
+                # Nobody else waits on this chat: drop its lock so memory does not grow.
+                del self._users[chat_id]
+                del self._locks[chat_id]
+
+
+class AccessMiddleware(BaseMiddleware):
+    """Inner middleware: only allowed users and chats reach handlers; others get a refusal."""
+
+    def __init__(
+        self, *, owner_ids: list[int], allowed_user_ids: list[int], allowed_chat_ids: list[int]
+    ) -> None:
+        self._owners = frozenset(owner_ids)
+        self._users = frozenset(allowed_user_ids)
+        self._chats = frozenset(allowed_chat_ids)
+
+    def allows(self, *, user_id: int | None, chat_id: int | None) -> bool:
+        """True when the user (or chat) may use the bot."""
+        if user_id is not None and user_id in self._owners:
+            return True
+        if not self._users and not self._chats:
+            return True
+        if user_id is not None and user_id in self._users:
+            return True
+        return chat_id is not None and chat_id in self._chats
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        """Refuse events from users and chats that are not allowed."""
+        user = getattr(event, "from_user", None)
+        chat_id: int | None = None
+        if isinstance(event, Message):
+            chat_id = event.chat.id
+        elif isinstance(event, CallbackQuery) and event.message is not None:
+            chat_id = event.message.chat.id
+        if self.allows(user_id=user.id if user else None, chat_id=chat_id):
+            return await handler(event, data)
+        logger.info("refused user %s in chat %s", user.id if user else None, chat_id)
+        if isinstance(event, Message):
+            await event.reply(texts.NOT_ALLOWED) if chat_id and chat_id < 0 else await event.answer(
+                texts.NOT_ALLOWED
+            )
+        elif isinstance(event, CallbackQuery):
+            await event.answer(texts.NOT_ALLOWED, show_alert=True)
+        return None
