@@ -112,15 +112,17 @@ async def build_app(settings: Settings) -> App:
         dispatcher=dispatcher,
         tracker=tracker,
     )
-    dispatcher.startup.register(lambda: _on_startup(app))
-    dispatcher.shutdown.register(lambda: _on_shutdown(app))
+    dispatcher["app"] = app
+    dispatcher.startup.register(_on_startup)
+    dispatcher.shutdown.register(_on_shutdown)
     return app
 
 
 async def _on_startup(app: App) -> None:
     me = await app.bot.me()
-    logger.info("bot @%s (id %s) starting, backend %s", me.username, me.id,
-                app.settings.llm_base_url)
+    logger.info(
+        "bot @%s (id %s) starting, backend %s", me.username, me.id, app.settings.llm_base_url
+    )
     try:
         await app.bot.delete_webhook(drop_pending_updates=False)
         await app.bot.set_my_commands(
@@ -136,9 +138,7 @@ async def _on_shutdown(app: App) -> None:
         # Telegram confirms updates only when the next getUpdates carries a higher offset;
         # without this, the last batch would be answered again after a restart.
         with contextlib.suppress(TelegramAPIError, asyncio.TimeoutError):
-            await app.bot.get_updates(
-                offset=app.tracker.last_update_id + 1, limit=1, timeout=0
-            )
+            await app.bot.get_updates(offset=app.tracker.last_update_id + 1, limit=1, timeout=0)
     await app.http.aclose()
     await app.engine.dispose()
     logger.info("stopped cleanly")

@@ -20,7 +20,11 @@ class Settings(BaseSettings):
     """Every setting the bot reads; names are the environment variables' names."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,  # `TEMPERATURE=` in .env means "use the default"
     )
 
     bot_token: SecretStr
@@ -30,7 +34,7 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = None
     llm_model: str = "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_tokens: int | None = Field(default=2048, gt=0)
+    max_tokens: int | None = Field(default=2048, ge=0)  # 0: let the backend decide
     temperature: float | None = Field(default=None, ge=0, le=2)
 
     llm_connect_timeout: float = Field(default=10.0, gt=0)
@@ -68,6 +72,11 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return value
+
+    @field_validator("max_tokens")
+    @classmethod
+    def _zero_is_none(cls, value: int | None) -> int | None:
+        return value or None
 
     @field_validator("telegram_api_url", "llm_base_url")
     @classmethod
@@ -119,9 +128,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> Settings:
         if self.llm_total_timeout < self.llm_first_token_timeout:
-            raise ValueError(
-                "LLM_TOTAL_TIMEOUT must not be shorter than LLM_FIRST_TOKEN_TIMEOUT"
-            )
+            raise ValueError("LLM_TOTAL_TIMEOUT must not be shorter than LLM_FIRST_TOKEN_TIMEOUT")
         return self
 
     def is_owner(self, user_id: int | None) -> bool:

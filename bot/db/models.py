@@ -88,9 +88,7 @@ class Chat(Base):
     title: Mapped[str | None] = mapped_column(String)
     # Model chosen for this chat; NULL means the configured default.
     model: Mapped[str | None] = mapped_column(String)
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, server_default=_NOW
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=_NOW)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow, server_default=_NOW
     )
@@ -107,9 +105,7 @@ class User(Base):
     # Language reported by Telegram, and the language the user picked in the bot.
     language_code: Mapped[str | None] = mapped_column(String)
     language: Mapped[str | None] = mapped_column(String)
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, server_default=_NOW
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=_NOW)
     updated_at: Mapped[datetime] = mapped_column(
         UTCDateTime, default=utcnow, onupdate=utcnow, server_default=_NOW
     )
@@ -130,9 +126,7 @@ class Turn(Base):
     )
 
     id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
-    chat_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("chats.id", ondelete="CASCADE")
-    )
+    chat_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("chats.id", ondelete="CASCADE"))
     role: Mapped[str] = mapped_column(String)
     content: Mapped[str] = mapped_column(Text)
     author_id: Mapped[int | None] = mapped_column(BigInteger)
@@ -140,9 +134,7 @@ class Turn(Base):
     tokens: Mapped[int] = mapped_column(Integer)
     interrupted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     telegram_message_id: Mapped[int | None] = mapped_column(BigInteger)
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, server_default=_NOW
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=_NOW)
 
 
 class UsageRecord(Base):
@@ -172,6 +164,4 @@ class UsageRecord(Base):
     finish_reason: Mapped[str | None] = mapped_column(String)
     error: Mapped[str | None] = mapped_column(String(ERROR_MAX_LENGTH))
     latency_ms: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, default=utcnow, server_default=_NOW
-    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=_NOW)

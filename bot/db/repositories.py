@@ -17,6 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import ERROR_MAX_LENGTH, Chat, Turn, UsageRecord, User, utcnow
 
+CHATS = cast(Table, Chat.__table__)
+USERS = cast(Table, User.__table__)
+TURNS = cast(Table, Turn.__table__)
+USAGE_RECORDS = cast(Table, UsageRecord.__table__)
+
 TURN_ROLES = frozenset({"user", "assistant"})
 USAGE_KINDS = frozenset({"chat", "image"})
 USAGE_STATUSES = frozenset({"ok", "error", "interrupted"})
@@ -106,26 +111,28 @@ class ChatRepository:
 
     async def upsert(self, *, chat_id: int, type: str, title: str | None) -> ChatRecord:
         """Insert the chat or update its type and title; the chosen model is kept."""
-        table = Chat.__table__
+        table = CHATS
         now = utcnow()
-        stmt = _upsert_insert(self._session, table).values(
+        new = _upsert_insert(self._session, table).values(
             id=chat_id, type=type, title=title, created_at=now, updated_at=now
         )
-        stmt = stmt.on_conflict_do_update(
+        stmt = new.on_conflict_do_update(
             index_elements=[table.c.id],
             set_={
-                "type": stmt.excluded.type,
-                "title": stmt.excluded.title,
-                "updated_at": stmt.excluded.updated_at,
+                "type": new.excluded.type,
+                "title": new.excluded.title,
+                "updated_at": new.excluded.updated_at,
             },
             # Unchanged rows are not rewritten, so the per-message upsert costs no write.
-            where=(table.c.type != stmt.excluded.type)
-            | table.c.title.is_distinct_from(stmt.excluded.title),
+            where=(table.c.type != new.excluded.type)
+            | table.c.title.is_distinct_from(new.excluded.title),
         ).returning(table.c.id, table.c.type, table.c.title, table.c.model)
         row = (await self._session.execute(stmt)).one_or_none()
         if row is None:
+            # Nothing changed: the conflicting row was left as it is, so read it.
             record = await self.get(chat_id=chat_id)
-            assert record is not None, "the conflicting chat row must exist"
+            if record is None:
+                raise RuntimeError(f"chat {chat_id} vanished during its upsert")
             return record
         return ChatRecord(id=row.id, type=row.type, title=row.title, model=row.model)
 
@@ -164,9 +171,9 @@ class UserRepository:
         language_code: str | None,
     ) -> UserRecord:
         """Insert the user or update what Telegram reports; the chosen language is kept."""
-        table = User.__table__
+        table = USERS
         now = utcnow()
-        stmt = _upsert_insert(self._session, table).values(
+        new = _upsert_insert(self._session, table).values(
             id=user_id,
             username=username,
             full_name=full_name,
@@ -174,18 +181,18 @@ class UserRepository:
             created_at=now,
             updated_at=now,
         )
-        stmt = stmt.on_conflict_do_update(
+        stmt = new.on_conflict_do_update(
             index_elements=[table.c.id],
             set_={
-                "username": stmt.excluded.username,
-                "full_name": stmt.excluded.full_name,
-                "language_code": stmt.excluded.language_code,
-                "updated_at": stmt.excluded.updated_at,
+                "username": new.excluded.username,
+                "full_name": new.excluded.full_name,
+                "language_code": new.excluded.language_code,
+                "updated_at": new.excluded.updated_at,
             },
             # Unchanged rows are not rewritten, so the per-message upsert costs no write.
-            where=table.c.username.is_distinct_from(stmt.excluded.username)
-            | (table.c.full_name != stmt.excluded.full_name)
-            | table.c.language_code.is_distinct_from(stmt.excluded.language_code),
+            where=table.c.username.is_distinct_from(new.excluded.username)
+            | (table.c.full_name != new.excluded.full_name)
+            | table.c.language_code.is_distinct_from(new.excluded.language_code),
         ).returning(
             table.c.id,
             table.c.username,
@@ -195,8 +202,10 @@ class UserRepository:
         )
         row = (await self._session.execute(stmt)).one_or_none()
         if row is None:
+            # Nothing changed: the conflicting row was left as it is, so read it.
             record = await self.get(user_id=user_id)
-            assert record is not None, "the conflicting user row must exist"
+            if record is None:
+                raise RuntimeError(f"user {user_id} vanished during its upsert")
             return record
         return _user_record(row)
 
@@ -262,7 +271,7 @@ class TurnRepository:
             for turn in turns
         ]
         # A plain executemany inserts the rows one after another, so ids follow list order.
-        await self._session.execute(insert(Turn.__table__), rows)
+        await self._session.execute(insert(TURNS), rows)
 
     async def recent(self, *, chat_id: int, limit: int) -> list[TurnRecord]:
         """Return the chat's newest `limit` turns, oldest first."""
@@ -341,7 +350,7 @@ class UsageRepository:
         error = record.error
         if error is not None and len(error) > ERROR_MAX_LENGTH:
             error = error[: ERROR_MAX_LENGTH - 1] + "…"
-        stmt = insert(UsageRecord.__table__).values(
+        stmt = insert(USAGE_RECORDS).values(
             user_id=record.user_id,
             chat_id=record.chat_id,
             model=record.model,

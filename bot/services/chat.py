@@ -120,7 +120,9 @@ class ChatService:
         """Answer one message through `sink`; history and usage are stored once, at the end."""
         loaded = await self._load(request)
         if loaded is None:
-            logger.info("chat %s: message %s already answered", request.chat_id, request.message_id)
+            logger.info(
+                "chat %s: message %s already answered", request.chat_id, request.message_id
+            )
             return ReplyOutcome(status="duplicate", model=self._config.default_model)
         model, history = loaded
         user_content = self._user_content(request)

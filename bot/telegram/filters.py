@@ -42,9 +42,10 @@ class Addressed(BaseFilter):
             if entity.type == "mention":
                 mention = entity.extract_from(text)
                 if mention.lstrip("@").lower() == username:
-                    cleaned = (text[: _py(text, entity.offset)] + text[
-                        _py(text, entity.offset + entity.length) :
-                    ]).strip()
+                    cleaned = (
+                        text[: _py(text, entity.offset)]
+                        + text[_py(text, entity.offset + entity.length) :]
+                    ).strip()
                     return {"prompt": cleaned}
         return False
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import CallbackQuery, Message, TelegramObject, Update
+from aiogram.types import CallbackQuery, Message, ReplyParameters, TelegramObject, Update
 
 from bot import texts
 
@@ -27,9 +27,8 @@ class InflightTracker:
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         """Track the update while its handler runs."""
-        if isinstance(event, Update):
-            if self.last_update_id is None or event.update_id > self.last_update_id:
-                self.last_update_id = event.update_id
+        if isinstance(event, Update) and event.update_id > (self.last_update_id or -1):
+            self.last_update_id = event.update_id
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
@@ -116,9 +115,9 @@ class AccessMiddleware(BaseMiddleware):
             return await handler(event, data)
         logger.info("refused user %s in chat %s", user.id if user else None, chat_id)
         if isinstance(event, Message):
-            await event.reply(texts.NOT_ALLOWED) if chat_id and chat_id < 0 else await event.answer(
+            await event.reply(
                 texts.NOT_ALLOWED
-            )
+            ) if chat_id and chat_id < 0 else await event.answer(texts.NOT_ALLOWED)
         elif isinstance(event, CallbackQuery):
             await event.answer(texts.NOT_ALLOWED, show_alert=True)
         return None

@@ -243,7 +243,9 @@ class TelegramReplyWriter:
                 return True
             except TelegramRetryAfter as exc:
                 self._gate.block(self._chat_id, exc.retry_after)
-                logger.info("chat %s: flood control, retry after %ss", self._chat_id, exc.retry_after)
+                logger.info(
+                    "chat %s: flood control, retry after %ss", self._chat_id, exc.retry_after
+                )
                 if not final:
                     return False
             except TelegramBadRequest as exc:
@@ -256,7 +258,9 @@ class TelegramReplyWriter:
                     continue
                 if not plain and ("can't parse entities" in text or "too long" in text):
                     # Telegram refused the formatting: deliver the text itself rather than nothing.
-                    logger.warning("chat %s: HTML rejected (%s), sending plain", self._chat_id, exc)
+                    logger.warning(
+                        "chat %s: HTML rejected (%s), sending plain", self._chat_id, exc
+                    )
                     plain = True
                     continue
                 logger.error("chat %s: message rejected: %s", self._chat_id, exc.message)

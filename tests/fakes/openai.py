@@ -292,19 +292,23 @@ def _error_body(message: str, type_: str | None, param: str | None, code: str | 
 class Stream:
     """A successful answer, streamed as OpenAI SSE chunks (or joined for non-stream requests)."""
 
-    chunks: list[str]
-    delay: float = 0.0
-    first_delay: float = 0.0
+    chunks: list[str]  # delta.content pieces
+    delay: float = 0.0  # seconds between chunks (reasoning and content)
+    first_delay: float = 0.0  # seconds between the headers and the first chunk
+    # separate: OpenAI's final `choices: []` chunk, only if stream_options.include_usage
+    # (then every other chunk carries `usage: null`); in_finish: usage in the finish chunk;
+    # in_last_content: the last content chunk has finish_reason + usage (no finish chunk);
+    # zeros: akashchat all-zero usage in the finish chunk; none: no usage anywhere.
     usage: UsageMode = "separate"
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    role_chunk: bool = True
+    prompt_tokens: int | None = None  # default: words in the request's messages
+    completion_tokens: int | None = None  # default: len(chunks)
+    role_chunk: bool = True  # False: `role` rides on the first content/reasoning chunk
     finish_reason: str = "stop"
-    done: bool = True
-    keepalive: float | None = None
-    reasoning: list[str] = field(default_factory=list)
-    extra_blank_line: bool = False
-    headers: dict[str, str] = field(default_factory=dict)
+    done: bool = True  # send `data: [DONE]`
+    keepalive: float | None = None  # `: keep-alive` comment interval while waiting
+    reasoning: list[str] = field(default_factory=list)  # delta.reasoning_content first
+    extra_blank_line: bool = False  # end events with \n\n\n (Go json.Encoder)
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers
 
     @classmethod
     def text(cls, text: str, *, per_chunk: int = 2, **kwargs: Any) -> Stream:
@@ -641,6 +645,7 @@ class FakeLLM:
             return
         self._stopping = False
         self._stop_event = asyncio.Event()
+        self._arrived = asyncio.Event()
         app = web.Application(middlewares=[self._middleware], client_max_size=64 * 1024**2)
         app.router.add_post(CHAT_PATH, self._handle_chat)
         app.router.add_get(MODELS_PATH, self._handle_models)

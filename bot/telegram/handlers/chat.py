@@ -13,8 +13,20 @@ from bot.telegram.replies import Replies
 router = Router(name=__name__)
 MEDIA_TYPES = frozenset(
     {
-        "sticker", "photo", "voice", "video", "video_note", "audio", "document", "animation",
-        "location", "venue", "contact", "poll", "dice", "story",
+        "sticker",
+        "photo",
+        "voice",
+        "video",
+        "video_note",
+        "audio",
+        "document",
+        "animation",
+        "location",
+        "venue",
+        "contact",
+        "poll",
+        "dice",
+        "story",
     }
 )
 router.message.filter(NotFromBot())

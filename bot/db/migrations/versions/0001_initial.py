@@ -6,6 +6,7 @@ Create Date: 2025-01-01 00:00:00
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -21,7 +22,7 @@ AUTO_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 NOW = sa.text("CURRENT_TIMESTAMP")
 
 
-def _timestamp(name: str) -> sa.Column[sa.DateTime]:
+def _timestamp(name: str) -> sa.Column[datetime]:
     return sa.Column(name, sa.DateTime(timezone=True), server_default=NOW, nullable=False)
 
 

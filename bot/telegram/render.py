@@ -1,0 +1,750 @@
+"""Model Markdown -> Telegram HTML, and cutting long answers into message-sized pieces.
+
+Telegram accepts only a small HTML subset (``parse_mode="HTML"``) and rejects the whole
+message when a tag is unknown, unbalanced or a bare ``<``/``&`` appears, so the renderer
+builds its output itself from markdown-it tokens and escapes everything else. Both the
+renderer and the splitter are total: they never raise on any input, including Markdown cut
+off mid-stream.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+__all__ = [
+    "TELEGRAM_TEXT_LIMIT",
+    "Piece",
+    "first_piece",
+    "render_html",
+    "split_markdown",
+    "utf16_len",
+]
+
+TELEGRAM_TEXT_LIMIT = 4096
+
+
+def utf16_len(text: str) -> int:
+    """Length of `text` in UTF-16 code units, the unit of Telegram's message limit."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+# ---- parser ------------------------------------------------------------------------------
+
+
+def _make_parser() -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False})
+    md.enable(["strikethrough", "table"])
+    # Inline content is parsed per block by `_inline_html` (with a cache), so the core
+    # parse only builds blocks: the splitter renders overlapping prefixes of one answer
+    # many times and the same paragraphs must not be re-parsed each time.
+    md.disable(["inline", "text_join"])
+    return md
+
+
+_MD = _make_parser()
+
+# ---- escaping and small helpers ----------------------------------------------------------
+
+_TAG_RE = re.compile(r"<[^>]*>")
+_LANG_JUNK_RE = re.compile(r"[^A-Za-z0-9_+#.-]")
+_SAFE_URL_PREFIXES = ("http://", "https://", "tg://", "mailto:")
+_HR = "——————"
+_BULLETS = ("• ", "◦ ")
+
+# A code block inside a quote is lifted out of it (see `_finish_quote`); these markers
+# delimit such blocks until the outermost quote is assembled. NUL never reaches the
+# renderer's text: markdown-it replaces it with U+FFFD, and `render_html` does too.
+_LIFT_OPEN = "\x00\x01"
+_LIFT_CLOSE = "\x00\x02"
+_LIFT_RE = re.compile("\x00\x01(.*?)\x00\x02", re.DOTALL)
+
+
+def _esc(text: str) -> str:
+    # Telegram recognises only &lt; &gt; &amp; &quot;, so nothing else is ever produced.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _esc_attr(text: str) -> str:
+    return _esc(text).replace('"', "&quot;")
+
+
+def _visible(html: str) -> bool:
+    """True when `html` shows something other than whitespace."""
+    return bool(_TAG_RE.sub("", html).strip())
+
+
+def _safe_href(url: str) -> str | None:
+    url = url.strip()
+    low = url.lower()
+    for prefix in _SAFE_URL_PREFIXES:
+        if low.startswith(prefix) and len(url) > len(prefix):
+            break
+    else:
+        return None
+    if any(ch.isspace() or ord(ch) < 0x20 or ch == "\x7f" for ch in url):
+        return None
+    return url
+
+
+def _clean_text(text: str) -> str:
+    # Lone surrogates cannot be sent as UTF-8 at all; a valid pair written as two code
+    # points is joined back into one character. NUL would clash with the lift markers.
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text.replace("\x00", "\ufffd")
+
+
+def _display_width(text: str) -> int:
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch) or ch in "\u200d\ufe0f":
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+    return width
+
+
+# ---- inline rendering --------------------------------------------------------------------
+
+_INLINE_TAGS = {"em": "i", "strong": "b", "s": "s"}
+
+_RefsKey = tuple[tuple[str, str, str], ...]
+
+
+def _refs_key(env: dict[str, Any]) -> _RefsKey:
+    refs = env.get("references")
+    if not isinstance(refs, dict) or not refs:
+        return ()
+    return tuple(
+        sorted(
+            (str(label), str(ref.get("href", "")), str(ref.get("title", "")))
+            for label, ref in refs.items()
+            if isinstance(ref, dict)
+        )
+    )
+
+
+def _parse_inline(content: str, refs: _RefsKey) -> list[Token]:
+    env: dict[str, Any] = {}
+    if refs:
+        env["references"] = {label: {"href": href, "title": title} for label, href, title in refs}
+    tokens: list[Token] = []
+    _MD.inline.parse(content, _MD, env, tokens)
+    return tokens
+
+
+def _plain_text(tokens: Sequence[Token]) -> str:
+    """What a reader sees of inline tokens, without any formatting."""
+    parts: list[str] = []
+    for tok in tokens:
+        if tok.type in ("text", "text_special", "code_inline", "html_inline"):
+            parts.append(tok.content)
+        elif tok.type in ("softbreak", "hardbreak"):
+            parts.append(" ")
+        elif tok.type == "image":
+            parts.append(_plain_text(tok.children or ()) or tok.content)
+    return "".join(parts)
+
+
+def _inline_tokens_html(tokens: Sequence[Token]) -> str:
+    out: list[str] = []
+    # Open spans: (kind, index in `out` where the span's content starts, href).
+    stack: list[tuple[str, int, str | None]] = []
+    in_link = 0
+
+    def close_top() -> None:
+        nonlocal in_link
+        kind, start, href = stack.pop()
+        inner = "".join(out[start:])
+        del out[start:]
+        if kind == "link":
+            in_link -= 1
+            if href is None:
+                out.append(inner)
+            elif _visible(inner):
+                out.append(f'<a href="{_esc_attr(href)}">{inner}</a>')
+            else:
+                # An empty link text would make an invisible link: show the address.
+                out.append(_esc(href))
+        else:
+            tag = _INLINE_TAGS[kind]
+            out.append(f"<{tag}>{inner}</{tag}>" if _visible(inner) else inner)
+
+    for tok in tokens:
+        kind = tok.type
+        if kind in ("text", "text_special", "html_inline"):
+            out.append(_esc(tok.content))
+        elif kind in ("softbreak", "hardbreak"):
+            out.append("\n")
+        elif kind == "code_inline":
+            # Telegram cannot nest code in a link (one of the two would be dropped).
+            out.append(_esc(tok.content) if in_link else f"<code>{_esc(tok.content)}</code>")
+        elif kind.endswith("_open") and kind[:-5] in _INLINE_TAGS:
+            stack.append((kind[:-5], len(out), None))
+        elif kind == "link_open":
+            href: str | None = None
+            if tok.info != "auto" and not in_link:
+                href = _safe_href(str(tok.attrGet("href") or ""))
+            stack.append(("link", len(out), href))
+            in_link += 1
+        elif kind.endswith("_close"):
+            name = kind[:-6]
+            if any(entry[0] == name for entry in stack):
+                while stack:
+                    top = stack[-1][0]
+                    close_top()
+                    if top == name:
+                        break
+        elif kind == "image":
+            alt = _plain_text(tok.children or ()) or tok.content
+            src = None if in_link else _safe_href(str(tok.attrGet("src") or ""))
+            if src is None:
+                out.append(_esc(alt))
+            elif alt.strip():
+                out.append(f'<a href="{_esc_attr(src)}">{_esc(alt)}</a>')
+            else:
+                out.append(_esc(src))
+        elif tok.content:
+            out.append(_esc(tok.content))
+    while stack:
+        close_top()
+    return "".join(out)
+
+
+@lru_cache(maxsize=4096)
+def _inline_html(content: str, refs: _RefsKey) -> str:
+    return _inline_tokens_html(_parse_inline(content, refs))
+
+
+@lru_cache(maxsize=4096)
+def _inline_plain(content: str, refs: _RefsKey) -> str:
+    return _plain_text(_parse_inline(content, refs))
+
+
+# ---- block rendering ---------------------------------------------------------------------
+
+
+class _Blocks:
+    """Renders the block tokens of one document."""
+
+    def __init__(self, tokens: list[Token], refs: _RefsKey) -> None:
+        self.tokens = tokens
+        self.refs = refs
+        self.pos = 0
+
+    def render(self) -> str:
+        blocks: list[str] = []
+        while self.pos < len(self.tokens):
+            if self.tokens[self.pos].nesting == -1:  # stray close: nothing to show
+                self.pos += 1
+                continue
+            block = self._block(quote=0, level=0)
+            if block:
+                blocks.append(block)
+        return "\n\n".join(blocks)
+
+    def _children(self, quote: int, level: int) -> list[str]:
+        """Render blocks up to (and consuming) the close token of the current container."""
+        blocks: list[str] = []
+        while self.pos < len(self.tokens):
+            if self.tokens[self.pos].nesting == -1:
+                self.pos += 1
+                break
+            block = self._block(quote, level)
+            if block:
+                blocks.append(block)
+        return blocks
+
+    def _inline_at(self, index: int) -> str:
+        if index < len(self.tokens) and self.tokens[index].type == "inline":
+            return _inline_html(self.tokens[index].content, self.refs)
+        return ""
+
+    def _block(self, quote: int, level: int) -> str:
+        tok = self.tokens[self.pos]
+        kind = tok.type
+        if kind in ("paragraph_open", "heading_open"):
+            inner = self._inline_at(self.pos + 1)
+            self._skip_container()
+            if kind == "heading_open" and _visible(inner):
+                return f"<b>{inner}</b>"
+            return inner if _visible(inner) else ""
+        if kind == "fence":
+            self.pos += 1
+            lang = _LANG_JUNK_RE.sub("", (tok.info.split() or [""])[0])[:64]
+            return self._code(tok.content, lang, quote, fenced=True)
+        if kind == "code_block":
+            self.pos += 1
+            return self._code(tok.content, "", quote, fenced=False)
+        if kind == "hr":
+            self.pos += 1
+            return _HR
+        if kind == "blockquote_open":
+            self.pos += 1
+            # Telegram cannot nest blockquotes: inner quotes merge into the outer one.
+            body = "\n\n".join(self._children(quote + 1, level))
+            return _finish_quote(body) if quote == 0 else body
+        if kind in ("bullet_list_open", "ordered_list_open"):
+            return self._list(tok, quote, level)
+        if kind == "table_open":
+            return self._table(quote)
+        if kind == "inline":
+            self.pos += 1
+            return _inline_html(tok.content, self.refs)
+        if tok.nesting == 1:
+            self.pos += 1
+            return "\n\n".join(self._children(quote, level))
+        self.pos += 1
+        return _esc(tok.content) if tok.content.strip() else ""
+
+    def _skip_container(self) -> None:
+        """Move past the current open token and everything up to its close token."""
+        depth = 0
+        while self.pos < len(self.tokens):
+            nesting = self.tokens[self.pos].nesting
+            self.pos += 1
+            depth += nesting
+            if depth <= 0:
+                return
+
+    def _code(self, content: str, lang: str, quote: int, *, fenced: bool) -> str:
+        if content.endswith("\n"):
+            content = content[:-1]
+        if not content.strip():
+            return ""
+        body = _esc(content)
+        if lang:
+            html = f'<pre><code class="language-{lang}">{body}</code></pre>'
+        elif fenced:
+            html = f"<pre><code>{body}</code></pre>"
+        else:
+            html = f"<pre>{body}</pre>"
+        return _LIFT_OPEN + html + _LIFT_CLOSE if quote else html
+
+    def _list(self, tok: Token, quote: int, level: int) -> str:
+        self.pos += 1
+        ordered = tok.type == "ordered_list_open"
+        try:
+            number = int(tok.attrGet("start") or 1)
+        except (TypeError, ValueError):
+            number = 1
+        indent = "  " * level
+        items: list[str] = []
+        while self.pos < len(self.tokens):
+            item = self.tokens[self.pos]
+            if item.nesting == -1:
+                self.pos += 1
+                break
+            if item.type != "list_item_open":
+                block = self._block(quote, level + 1)
+                if block:
+                    items.append(block)
+                continue
+            self.pos += 1
+            if ordered:
+                delim = ")" if item.markup == ")" else "."
+                marker = f"{indent}{number}{delim} "
+                number += 1
+            else:
+                marker = indent + _BULLETS[min(level, 1)]
+            # Loose and tight lists alike: one item per line, its blocks on the next lines.
+            body = "\n".join(self._children(quote, level + 1))
+            items.append(marker + body if body else marker.rstrip())
+        return "\n".join(items)
+
+    def _table(self, quote: int) -> str:
+        rows: list[list[tuple[str, str]]] = []
+        header_rows = 0
+        align = ""
+        depth = 0
+        in_head = False
+        while self.pos < len(self.tokens):
+            tok = self.tokens[self.pos]
+            self.pos += 1
+            depth += tok.nesting
+            if tok.type == "thead_open":
+                in_head = True
+            elif tok.type == "thead_close":
+                in_head = False
+            elif tok.type == "tr_open":
+                rows.append([])
+                header_rows += in_head
+            elif tok.type in ("th_open", "td_open"):
+                style = str(tok.attrGet("style") or "")
+                align = "right" if "right" in style else "center" if "center" in style else ""
+            elif tok.type == "inline" and rows:
+                rows[-1].append((_inline_plain(tok.content, self.refs), align))
+            if depth <= 0:
+                break
+        rows = [row for row in rows if row]
+        if not rows:
+            return ""
+        columns = max(len(row) for row in rows)
+        widths = [0] * columns
+        for row in rows:
+            for i, (text, _) in enumerate(row):
+                widths[i] = max(widths[i], _display_width(text))
+        lines: list[str] = []
+        for index, row in enumerate(rows):
+            cells = []
+            for i in range(columns):
+                text, cell_align = row[i] if i < len(row) else ("", "")
+                pad = widths[i] - _display_width(text)
+                if cell_align == "right":
+                    text = " " * pad + text
+                elif cell_align == "center":
+                    text = " " * (pad // 2) + text + " " * (pad - pad // 2)
+                else:
+                    text += " " * pad
+                cells.append(text)
+            lines.append("| " + " | ".join(cells) + " |")
+            if index + 1 == header_rows:
+                lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        # Monospace keeps the columns aligned; Telegram has no table markup.
+        html = "<pre>" + _esc("\n".join(lines)) + "</pre>"
+        return _LIFT_OPEN + html + _LIFT_CLOSE if quote else html
+
+
+def _finish_quote(body: str) -> str:
+    """Wrap a quote's content in <blockquote>, lifting code blocks out of it.
+
+    Telegram's formatting rules say blockquote and pre entities "can't contain each
+    other", so the quote is closed before a code block or table and reopened after it.
+    """
+    parts: list[str] = []
+    pos = 0
+    for match in _LIFT_RE.finditer(body):
+        parts.append(_quote_text(body[pos : match.start()]))
+        parts.append(match.group(1))
+        pos = match.end()
+    parts.append(_quote_text(body[pos:]))
+    return "\n".join(part for part in parts if part)
+
+
+def _quote_text(text: str) -> str:
+    text = text.strip()
+    return f"<blockquote>{text}</blockquote>" if _visible(text) else ""
+
+
+def _render(markdown: str) -> str:
+    env: dict[str, Any] = {}
+    tokens = _MD.parse(markdown, env)
+    html = _Blocks(tokens, _refs_key(env)).render()
+    html = html.replace("\x00", "").strip()
+    return html if _visible(html) else ""
+
+
+def render_html(markdown: str) -> str:
+    """Render model Markdown as Telegram HTML; never raises, "" when nothing is visible."""
+    try:
+        text = _clean_text(markdown)
+    except Exception:
+        return ""
+    if not text.strip():
+        return ""
+    try:
+        return _render(text)
+    except Exception:
+        # Anything unexpected still shows the answer, as escaped text.
+        return _esc(text.strip())
+
+
+# ---- splitting ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One message's worth of an answer: self-contained Markdown and where the rest starts."""
+
+    markdown: str
+    end: int
+    carry: str
+
+
+# Whitespace a message may be cut at; no-break spaces exist precisely to prevent that.
+_WS_RUN_RE = re.compile(r"[^\S\u00a0\u2007\u202f]+")
+_NEWLINE_RE = re.compile(r"\r\n|\r|\n")
+_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
+
+
+@dataclass(frozen=True, slots=True)
+class _Fence:
+    open_start: int  # offset of the opening fence line
+    content_start: int  # offset of the first line after it
+    content_end: int  # offset of the closing fence line, or where the unclosed fence ends
+    first_code: int  # offset of the first non-whitespace character of the code
+    close_line: str  # line that closes the fence at a cut (keeps the quote/list prefix)
+    reopen: str  # line that reopens it at the start of the next piece, e.g. "```python\n"
+    closing_re: re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    start: int  # piece is body[:start] (plus a closing fence line when `fence` is set)
+    next_start: int  # body offset where the next piece's source starts
+    size: int  # UTF-16 length of the piece's Markdown
+    kind: int  # 2: paragraph boundary, 1: line break, 0: other whitespace, -1: hard cut
+    fence: _Fence | None
+
+
+class _Splitter:
+    """Finds the first piece of `carry + text` for one `first_piece` call."""
+
+    def __init__(self, text: str, carry: str, limit: int) -> None:
+        self.text = text
+        self.carry = carry
+        self.limit = limit
+        self.body = carry + text[: limit + 1]  # no piece can reach past this window
+        self.astral = [m.start() for m in _ASTRAL_RE.finditer(self.body)]
+        self.fences = self._find_fences()
+        self.fence_starts = [f.open_start for f in self.fences]
+        self.verdicts: dict[int, bool] = {}
+
+    # -- analysis
+
+    def _find_fences(self) -> list[_Fence]:
+        body = self.body
+        starts = [0] + [m.end() for m in _NEWLINE_RE.finditer(body)]
+
+        def line_start(n: int) -> int:
+            return starts[n] if n < len(starts) else len(body)
+
+        def line(n: int) -> str:
+            return body[line_start(n) : line_start(n + 1)].rstrip("\r\n")
+
+        fences: list[_Fence] = []
+        for tok in _MD.parse(body):
+            if tok.type != "fence" or not tok.map or not tok.markup:
+                continue
+            first, after = tok.map
+            opening = line(first)
+            at = opening.find(tok.markup)
+            prefix = re.sub(r"[^>\s]", " ", opening[: max(at, 0)])
+            closing_re = re.compile(
+                r"[\s>]*" + re.escape(tok.markup[0]) + "{%d,}[ \t]*" % len(tok.markup)
+            )
+            closed = after - 1 > first and closing_re.fullmatch(line(after - 1)) is not None
+            content_start = line_start(first + 1)
+            content_end = line_start(after - 1) if closed else line_start(after)
+            code = _WS_RUN_RE.match(body, content_start)
+            first_code = code.end() if code else content_start
+            # A quote prefix keeps the reopened fence inside the quote; list indentation
+            # of 4+ would turn the reopened fence into an indented code block instead.
+            reopen_prefix = prefix if ">" in prefix or len(prefix) <= 3 else ""
+            fences.append(
+                _Fence(
+                    open_start=line_start(first),
+                    content_start=content_start,
+                    content_end=content_end,
+                    first_code=first_code,
+                    close_line=prefix + tok.markup,
+                    reopen=reopen_prefix + tok.markup + tok.info + "\n",
+                    closing_re=closing_re,
+                )
+            )
+        return fences
+
+    def _fence_at(self, pos: int) -> _Fence | None:
+        index = bisect_right(self.fence_starts, pos) - 1
+        if index >= 0 and pos < self.fences[index].content_end:
+            return self.fences[index]
+        return None
+
+    def _utf16(self, pos: int) -> int:
+        return pos + bisect_left(self.astral, pos)
+
+    def _slice(self, start: int, stop: int) -> str:
+        """carry + text [start:stop], without building the whole body."""
+        carry = len(self.carry)
+        if stop <= len(self.body):
+            return self.body[start:stop]
+        if start >= carry:
+            return self.text[start - carry : stop - carry]
+        return self.carry[start:] + self.text[: stop - carry]
+
+    def _run_end(self, match: re.Match[str]) -> int:
+        """End of a whitespace run, looking past the window into the whole text."""
+        if match.end() < len(self.body):
+            return match.end()
+        full = _WS_RUN_RE.match(self.text, match.start() - len(self.carry))
+        return len(self.carry) + full.end() if full else match.end()
+
+    def _line_end(self, pos: int) -> int:
+        carry = len(self.carry)
+        newline = _NEWLINE_RE.search(self.text, max(pos - carry, 0))
+        return carry + newline.start() if newline else carry + len(self.text)
+
+    def whitespace_cuts(self) -> list[_Cut]:
+        cuts: list[_Cut] = []
+        floor = len(self.carry)
+        total = floor + len(self.text)
+        for match in _WS_RUN_RE.finditer(self.body, floor):
+            start = match.start()
+            if start > self.limit:
+                break
+            if start <= floor:
+                continue  # the piece would hold nothing of the text
+            end = self._run_end(match)
+            run = self._slice(start, end)
+            breaks = list(_NEWLINE_RE.finditer(run))
+            kind = min(len(breaks), 2)
+            fence = self._fence_at(start)
+            next_start = end
+            size = self._utf16(start)
+            if fence is not None:
+                if start <= fence.first_code:
+                    continue  # the piece would end with an empty code block
+                if breaks:
+                    # Code keeps the indentation of the line after the cut.
+                    next_start = start + breaks[-1].end()
+                    line_start = next_start
+                else:
+                    line_start = 1 + max(
+                        self.body.rfind("\n", 0, start), self.body.rfind("\r", 0, start)
+                    )
+                line = self._slice(line_start, self._line_end(end))
+                if end >= total or fence.closing_re.fullmatch(line):
+                    continue  # only the closing fence is left: cut after it instead
+                size += 1 + len(fence.close_line)
+            if size > self.limit:
+                continue
+            cuts.append(_Cut(start, next_start, size, kind, fence))
+        return cuts
+
+    def hard_cuts(self) -> list[_Cut]:
+        body = self.body
+        cuts: list[_Cut] = []
+        top = min(len(body) - 1, self.limit)
+        for pos in range(len(self.carry) + 1, top + 1):
+            if not _char_boundary(body, pos):
+                continue
+            fence = self._fence_at(pos)
+            if fence is not None and pos < fence.content_start:
+                fence = None
+            size = self._utf16(pos) + (1 + len(fence.close_line) if fence else 0)
+            if size > self.limit:
+                continue
+            cuts.append(_Cut(pos, pos, size, -1, fence))
+        return cuts
+
+    # -- decision
+
+    def markdown(self, cut: _Cut) -> str:
+        piece = self.body[: cut.start]
+        return piece + "\n" + cut.fence.close_line if cut.fence else piece
+
+    def fits(self, cut: _Cut) -> bool:
+        verdict = self.verdicts.get(cut.start)
+        if verdict is None:
+            html = render_html(self.markdown(cut))
+            verdict = bool(html) and utf16_len(html) <= self.limit
+            self.verdicts[cut.start] = verdict
+        return verdict
+
+    def piece(self, cut: _Cut) -> Piece:
+        end = cut.next_start - len(self.carry)
+        carry = ""
+        if cut.fence is not None and self.text[end:].strip():
+            carry = cut.fence.reopen
+        return Piece(markdown=self.markdown(cut), end=end, carry=carry)
+
+
+def _char_boundary(text: str, pos: int) -> bool:
+    """Whether a hard cut between text[pos-1] and text[pos] keeps characters whole."""
+    before, after = text[pos - 1], text[pos]
+    if before == "\r" and after == "\n":
+        return False
+    if "\ud800" <= before <= "\udbff" and "\udc00" <= after <= "\udfff":
+        return False
+    if before == "\u200d" or after == "\u200d":
+        return False  # inside a ZWJ emoji sequence
+    code = ord(after)
+    if 0xFE00 <= code <= 0xFE0F or 0x1F3FB <= code <= 0x1F3FF or 0xE0000 <= code <= 0xE01EF:
+        return False  # variation selector, skin tone, tag: part of the previous character
+    return not unicodedata.combining(after) and unicodedata.category(after) not in ("Mn", "Me")
+
+
+def _last_fitting(cuts: Sequence[_Cut], fits: Callable[[_Cut], bool]) -> _Cut | None:
+    """Binary search for the last cut that fits (a longer prefix renders longer)."""
+    best = None
+    lo, hi = 0, len(cuts) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(cuts[mid]):
+            best = cuts[mid]
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _fits(markdown: str, limit: int) -> bool:
+    return utf16_len(markdown) <= limit and utf16_len(render_html(markdown)) <= limit
+
+
+def first_piece(
+    text: str, *, carry: str = "", limit: int = TELEGRAM_TEXT_LIMIT
+) -> Piece | None:
+    """None when `carry + text` fits one message, else the first message-sized piece of it."""
+    if len(carry) + len(text) <= limit and _fits(carry + text, limit):
+        return None
+    splitter = _Splitter(text, carry, limit)
+    cuts = splitter.whitespace_cuts()
+
+    def prefer(threshold: int, upto: int) -> _Cut | None:
+        # A paragraph boundary, else a line break, if the piece is not too short.
+        for kinds in ((2,), (1, 2)):
+            chosen = _last_fitting(
+                [c for c in cuts if c.kind in kinds and threshold <= c.size and c.start <= upto],
+                splitter.fits,
+            )
+            if chosen is not None:
+                return chosen
+        return None
+
+    chosen = prefer(limit // 2, len(splitter.body))
+    if chosen is None:
+        widest = _last_fitting(cuts, splitter.fits)
+        if widest is not None:
+            # Escaping can make the HTML much longer than the Markdown: judge "long enough"
+            # against the longest piece that actually fits.
+            chosen = prefer(widest.size // 2, widest.start) or widest
+    if chosen is None:
+        hard = splitter.hard_cuts()
+        chosen = _last_fitting(hard, splitter.fits)
+        if chosen is None:
+            if not hard:
+                hard = [
+                    _Cut(pos, pos, 0, -1, None)
+                    for pos in range(len(carry) + 1, len(splitter.body))
+                    if _char_boundary(splitter.body, pos)
+                ] or [_Cut(len(carry) + 1, len(carry) + 1, 0, -1, None)]
+            # Not even one character fits (an absurdly small limit): still make progress.
+            chosen = hard[0]
+    return splitter.piece(chosen)
+
+
+def split_markdown(text: str, *, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
+    """Cut a whole answer into self-contained Markdown pieces that each fit one message."""
+    pieces: list[str] = []
+    carry = ""
+    while True:
+        piece = first_piece(text, carry=carry, limit=limit)
+        if piece is None:
+            if text.strip():
+                pieces.append(carry + text)
+            return pieces
+        if piece.markdown.strip():
+            pieces.append(piece.markdown)
+        text = text[piece.end :]
+        carry = piece.carry
+        if not text.strip():
+            return pieces

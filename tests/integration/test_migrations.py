@@ -1,0 +1,268 @@
+"""Alembic migrations: they run both ways on both backends and match the ORM models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, event, inspect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.db import (
+    Base,
+    ChatRepository,
+    NewTurn,
+    TurnRepository,
+    create_engine,
+    create_sessionmaker,
+    migrate,
+)
+from bot.db.engine import MIGRATIONS_DIR, alembic_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TABLES = {"chats", "users", "turns", "usage_records"}
+
+
+async def run_alembic(
+    engine: AsyncEngine,
+    action: Callable[[Config, str], None],
+    revision: str,
+    config: Config | None = None,
+) -> None:
+    """Run an Alembic command on a connection shared from `engine`, as `migrate` does."""
+    config = config or alembic_config()
+
+    def run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        action(config, revision)
+
+    async with engine.connect() as connection:
+        await connection.run_sync(run)
+
+
+def schema_differences(connection: Connection) -> list[Any]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, Base.metadata))
+
+
+def schema_facts(connection: Connection) -> dict[str, Any]:
+    """What autogenerate does not compare: check constraints and foreign-key actions."""
+    inspector = inspect(connection)
+    return {
+        table: {
+            "checks": sorted(c["name"] for c in inspector.get_check_constraints(table)),
+            "foreign_keys": sorted(
+                (fk["name"], fk["referred_table"], fk["options"].get("ondelete"))
+                for fk in inspector.get_foreign_keys(table)
+            ),
+        }
+        for table in sorted(TABLES)
+    }
+
+
+def metadata_facts() -> dict[str, Any]:
+    facts = {}
+    for table in sorted(TABLES):
+        t = Base.metadata.tables[table]
+        facts[table] = {
+            "checks": sorted(
+                str(c.name) for c in t.constraints if c.__class__.__name__ == "CheckConstraint"
+            ),
+            "foreign_keys": sorted(
+                (str(fk.name), fk.referred_table.name, fk.ondelete) for fk in t.foreign_key_constraints
+            ),
+        }
+    return facts
+
+
+def table_names(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names())
+
+
+async def test_upgrade_downgrade_upgrade(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await run_alembic(engine, command.upgrade, "head")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(table_names) == TABLES | {"alembic_version"}
+            assert await conn.run_sync(schema_differences) == []
+            assert await conn.run_sync(schema_facts) == metadata_facts()
+
+        await run_alembic(engine, command.downgrade, "base")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(table_names) == {"alembic_version"}
+
+        await run_alembic(engine, command.upgrade, "head")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(schema_differences) == []
+            assert await conn.run_sync(schema_facts) == metadata_facts()
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_migrations_build_exactly_the_model_schema(tmp_path: Path) -> None:
+    """The DDL stored by SQLite, server defaults and CHECKs included, matches `create_all`."""
+
+    async def stored_schema(engine: AsyncEngine) -> dict[str, set[str]]:
+        async with engine.connect() as conn:
+            rows = await conn.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master "
+                "WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE 'alembic_%'"
+            )
+            # Compare each statement's lines as a set: clause order may legitimately differ.
+            return {
+                name: {line.strip().rstrip(",") for line in sql.splitlines()}
+                for name, sql in rows
+            }
+
+    migrated = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}")
+    created = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'created.db'}")
+    try:
+        await migrate(migrated)
+        async with created.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+        assert await stored_schema(migrated) == await stored_schema(created)
+    finally:
+        await migrated.dispose()
+        await created.dispose()
+
+
+async def test_migrate_twice_is_a_no_op(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await migrate(engine)
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as session, session.begin():
+            await ChatRepository(session).upsert(chat_id=1, type="private", title=None)
+
+        statements: list[str] = []
+        event.listen(
+            engine.sync_engine,
+            "before_cursor_execute",
+            lambda conn, cursor, statement, *args: statements.append(statement),
+        )
+        await migrate(engine)
+        ddl = [s for s in statements if s.lstrip().upper().startswith(("CREATE", "ALTER", "DROP"))]
+        assert ddl == []
+
+        async with engine.connect() as conn:
+            version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
+            assert version == [("0001",)]
+        async with sessionmaker() as session:
+            assert await ChatRepository(session).get(chat_id=1) is not None
+    finally:
+        await engine.dispose()
+
+
+async def test_migrate_creates_missing_sqlite_directory(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "there" / "bot.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            assert TABLES <= await conn.run_sync(table_names)
+            # Foreign keys are switched back on after migrating.
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+    finally:
+        await engine.dispose()
+    assert path.is_file()
+
+
+def extra_migration(directory: Path, body: str) -> Config:
+    """An Alembic config whose history has one more migration, 9999, after the real ones."""
+    directory.mkdir()
+    (directory / "9999_extra.py").write_text(
+        "import sqlalchemy as sa\n"
+        "from alembic import op\n"
+        "revision = '9999'\n"
+        "down_revision = '0001'\n"
+        "branch_labels = None\n"
+        "depends_on = None\n"
+        "def upgrade():\n"
+        f"{body}\n"
+        "def downgrade():\n"
+        "    pass\n"
+    )
+    config = alembic_config()
+    config.set_main_option("path_separator", "os")
+    config.set_main_option(
+        "version_locations", os.pathsep.join([str(MIGRATIONS_DIR / "versions"), str(directory)])
+    )
+    return config
+
+
+async def test_sqlite_table_rebuild_keeps_child_rows(sqlite_url: str, tmp_path: Path) -> None:
+    """A batch migration rebuilding `chats` must not cascade-delete the chats' turns."""
+    config = extra_migration(
+        tmp_path / "versions",
+        "    with op.batch_alter_table('chats', recreate='always') as batch:\n"
+        "        batch.add_column(sa.Column('note', sa.String(), nullable=True))\n",
+    )
+    engine = create_engine(sqlite_url)
+    try:
+        await migrate(engine)
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as session, session.begin():
+            await ChatRepository(session).upsert(chat_id=1, type="private", title=None)
+            await TurnRepository(session).add(
+                chat_id=1, turns=[NewTurn(role="user", content="kept", tokens=1)]
+            )
+
+        await run_alembic(engine, command.upgrade, "head", config)
+
+        async with sessionmaker() as session:
+            turns = await TurnRepository(session).recent(chat_id=1, limit=10)
+            assert [t.content for t in turns] == ["kept"]
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar() == 1
+        # The rebuilt table still enforces the foreign key.
+        async with sessionmaker() as session:
+            with pytest.raises(IntegrityError):
+                await TurnRepository(session).add(
+                    chat_id=2, turns=[NewTurn(role="user", content="x", tokens=1)]
+                )
+    finally:
+        await engine.dispose()
+
+
+async def test_failed_migration_changes_nothing(database_url: str, tmp_path: Path) -> None:
+    """All pending migrations run in one transaction, DDL included, on both backends."""
+    config = extra_migration(
+        tmp_path / "versions",
+        "    op.create_table('scratch', sa.Column('id', sa.Integer(), primary_key=True))\n"
+        "    raise RuntimeError('migration failed')\n",
+    )
+    engine = create_engine(database_url)
+    try:
+        with pytest.raises(RuntimeError, match="migration failed"):
+            await run_alembic(engine, command.upgrade, "head", config)
+        async with engine.connect() as conn:
+            assert await conn.run_sync(table_names) == set()
+    finally:
+        await engine.dispose()
+
+
+def test_alembic_command_line(tmp_path: Path) -> None:
+    """Developers can run `alembic -c bot/db/migrations/alembic.ini ...` against any URL."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli' / 'bot.db'}"
+    ini = ROOT / "bot" / "db" / "migrations" / "alembic.ini"
+    for args in (["upgrade", "head"], ["check"], ["current"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "alembic", "-c", str(ini), "-x", f"url={url}", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+    assert "0001 (head)" in result.stdout
