@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import CallbackQuery, Message, ReplyParameters, TelegramObject, Update
+from aiogram.types import CallbackQuery, Message, TelegramObject, Update
 
 from bot import texts
 
