@@ -23,12 +23,21 @@ def main() -> int:
     )
     # aiogram logs every handled update at INFO; keep our one line per answer readable.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
+    from aiogram.exceptions import TelegramUnauthorizedError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from bot.app import run
 
     try:
         asyncio.run(run(settings))
     except KeyboardInterrupt:
         pass
+    except TelegramUnauthorizedError:
+        print("Configuration error: BOT_TOKEN: Telegram rejected the token", file=sys.stderr)
+        return 2
+    except (SQLAlchemyError, OSError) as exc:
+        print(f"Cannot open the database (DATABASE_URL): {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -11,7 +11,7 @@ import httpx
 from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
 from aiogram.types import BotCommand
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -119,7 +119,17 @@ async def build_app(settings: Settings) -> App:
 
 
 async def _on_startup(app: App) -> None:
-    me = await app.bot.me()
+    delay = 1.0
+    while True:
+        try:
+            me = await app.bot.me()
+            break
+        except (TelegramNetworkError, TelegramServerError) as exc:
+            # Start even if Telegram is briefly unreachable (a network blip, a restarting
+            # self-hosted Bot API server) instead of crashing into a restart loop.
+            logger.warning("Telegram unreachable (%s), retrying in %.0fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
     logger.info(
         "bot @%s (id %s) starting, backend %s", me.username, me.id, app.settings.llm_base_url
     )
@@ -144,9 +154,17 @@ async def _on_shutdown(app: App) -> None:
     logger.info("stopped cleanly")
 
 
+async def serve(app: App, *, handle_signals: bool = True, polling_timeout: int = 30) -> None:
+    """Poll Telegram and answer until stopped (SIGTERM/SIGINT or `dispatcher.stop_polling()`)."""
+    await app.dispatcher.start_polling(
+        app.bot,
+        allowed_updates=ALLOWED_UPDATES,
+        handle_signals=handle_signals,
+        close_bot_session=True,
+        polling_timeout=polling_timeout,
+    )
+
+
 async def run(settings: Settings) -> None:
     """Build the app and poll Telegram until SIGTERM/SIGINT."""
-    app = await build_app(settings)
-    await app.dispatcher.start_polling(
-        app.bot, allowed_updates=ALLOWED_UPDATES, handle_signals=True, close_bot_session=True
-    )
+    await serve(await build_app(settings))

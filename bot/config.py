@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     temperature: float | None = Field(default=None, ge=0, le=2)
 
     llm_connect_timeout: float = Field(default=10.0, gt=0)
-    llm_first_token_timeout: float = Field(default=90.0, gt=0)
+    llm_first_token_timeout: float = Field(default=60.0, gt=0)
     llm_idle_timeout: float = Field(default=60.0, gt=0)
     llm_total_timeout: float = Field(default=600.0, gt=0)
     llm_max_retries: int = Field(default=3, ge=0, le=10)

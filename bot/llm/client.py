@@ -160,7 +160,7 @@ class LLMClient:
         messages: Sequence[ChatMessage],
         max_tokens: int | None = None,
         temperature: float | None = None,
-    ) -> AsyncIterator[ChatEvent]:
+    ) -> AsyncGenerator[ChatEvent, None]:
         """Yield the answer as TextDelta pieces, then exactly one StreamEnd; raise LLMError.
 
         Wrap the iteration in `contextlib.aclosing` when it may stop early, so that the HTTP

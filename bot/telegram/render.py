@@ -47,7 +47,14 @@ def _make_parser() -> MarkdownIt:
     # parse only builds blocks: the splitter renders overlapping prefixes of one answer
     # many times and the same paragraphs must not be re-parsed each time.
     md.disable(["inline", "text_join"])
+    # Every link is parsed as a link (markdown-it would leave `javascript:` ones as raw
+    # source); `_safe_href` then decides whether it becomes a Telegram link or just text.
+    md.validateLink = _accept_link  # type: ignore[method-assign]
     return md
+
+
+def _accept_link(url: str) -> bool:
+    return True
 
 
 _MD = _make_parser()
@@ -66,6 +73,7 @@ _BULLETS = ("• ", "◦ ")
 _LIFT_OPEN = "\x00\x01"
 _LIFT_CLOSE = "\x00\x02"
 _LIFT_RE = re.compile("\x00\x01(.*?)\x00\x02", re.DOTALL)
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 def _esc(text: str) -> str:
@@ -98,7 +106,7 @@ def _safe_href(url: str) -> str | None:
 def _clean_text(text: str) -> str:
     # Lone surrogates cannot be sent as UTF-8 at all; a valid pair written as two code
     # points is joined back into one character. NUL would clash with the lift markers.
-    if any("\ud800" <= ch <= "\udfff" for ch in text):
+    if _SURROGATE_RE.search(text):
         text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return text.replace("\x00", "\ufffd")
 
@@ -471,6 +479,8 @@ class Piece:
 
 # Whitespace a message may be cut at; no-break spaces exist precisely to prevent that.
 _WS_RUN_RE = re.compile(r"[^\S\u00a0\u2007\u202f]+")
+# The same runs, only those holding a line break.
+_BREAK_RUN_RE = re.compile(r"[^\S\r\n\u00a0\u2007\u202f]*[\r\n][^\S\u00a0\u2007\u202f]*")
 _NEWLINE_RE = re.compile(r"\r\n|\r|\n")
 _ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
 
@@ -582,11 +592,13 @@ class _Splitter:
         newline = _NEWLINE_RE.search(self.text, max(pos - carry, 0))
         return carry + newline.start() if newline else carry + len(self.text)
 
-    def whitespace_cuts(self) -> list[_Cut]:
+    def whitespace_cuts(self, *, breaks_only: bool) -> list[_Cut]:
+        """Cuts at whitespace runs (only those holding a line break, if `breaks_only`)."""
         cuts: list[_Cut] = []
         floor = len(self.carry)
         total = floor + len(self.text)
-        for match in _WS_RUN_RE.finditer(self.body, floor):
+        pattern = _BREAK_RUN_RE if breaks_only else _WS_RUN_RE
+        for match in pattern.finditer(self.body, floor):
             start = match.start()
             if start > self.limit:
                 break
@@ -697,7 +709,7 @@ def first_piece(
     if len(carry) + len(text) <= limit and _fits(carry + text, limit):
         return None
     splitter = _Splitter(text, carry, limit)
-    cuts = splitter.whitespace_cuts()
+    cuts = splitter.whitespace_cuts(breaks_only=True)
 
     def prefer(threshold: int, upto: int) -> _Cut | None:
         # A paragraph boundary, else a line break, if the piece is not too short.
@@ -712,7 +724,7 @@ def first_piece(
 
     chosen = prefer(limit // 2, len(splitter.body))
     if chosen is None:
-        widest = _last_fitting(cuts, splitter.fits)
+        widest = _last_fitting(splitter.whitespace_cuts(breaks_only=False), splitter.fits)
         if widest is not None:
             # Escaping can make the HTML much longer than the Markdown: judge "long enough"
             # against the longest piece that actually fits.

@@ -77,9 +77,7 @@ def postgres_database() -> Iterator[URL]:
 @pytest.fixture
 async def postgres_url(postgres_database: URL) -> str:
     """The session's PostgreSQL database with an empty public schema."""
-    await _admin_execute(
-        postgres_database, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public"
-    )
+    await _admin_execute(postgres_database, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
     return postgres_database.render_as_string(hide_password=False)
 
 

@@ -173,9 +173,10 @@ async def test_user_upsert_keeps_language(sessionmaker: Sessionmaker) -> None:
             user_id=5, username=None, full_name="Ann B", language_code=None
         )
         assert updated == UserRecord(5, None, "Ann B", None, "de")
-        assert await repo.upsert(
-            user_id=5, username=None, full_name="Ann B", language_code=None
-        ) == updated
+        assert (
+            await repo.upsert(user_id=5, username=None, full_name="Ann B", language_code=None)
+            == updated
+        )
         assert await repo.get(user_id=5) == updated
         await repo.set_language(user_id=5, language=None)
         assert (await repo.get(user_id=5)) == UserRecord(5, None, "Ann B", None, None)
@@ -354,9 +355,7 @@ async def test_duplicate_message_rejected_in_chat_only(sessionmaker: Sessionmake
             chat_id=2, turns=[NewTurn(role="user", content="a", tokens=1, telegram_message_id=42)]
         )
         # Assistant turns carry no message id; any number of NULLs is fine.
-        await repo.add(
-            chat_id=1, turns=[NewTurn(role="assistant", content="b", tokens=1)] * 2
-        )
+        await repo.add(chat_id=1, turns=[NewTurn(role="assistant", content="b", tokens=1)] * 2)
         with pytest.raises(IntegrityError):
             async with session.begin_nested():
                 await repo.add(
@@ -411,8 +410,8 @@ async def test_usage_add(sessionmaker: Sessionmaker) -> None:
         )
     async with sessionmaker() as session:
         rows = (
-            await session.execute(select(UsageRecord).order_by(UsageRecord.id))
-        ).scalars().all()
+            (await session.execute(select(UsageRecord).order_by(UsageRecord.id))).scalars().all()
+        )
         first, second = rows
         assert (first.chat_id, first.user_id, first.model, first.kind) == (
             77,

@@ -46,8 +46,10 @@ LITELLM_ANSWER = (
 )
 MOCK_AI_ANSWER = "Hello. It's nice to meet you."
 MOCKLLM_STREAM_ANSWER = "I don't know the answer to that."
-OTTERS = "Otters are playful semi-aquatic mammals that hold hands while sleeping so they do not "
-OTTERS += "drift apart. "
+OTTERS = (
+    "Otters are playful semi-aquatic mammals that hold hands while sleeping so they do not "
+    "drift apart. "
+)
 # What both killed-upstream captures delivered before the connection died.
 PARTIAL_LONG_ANSWER = "Mock stream for: " + OTTERS * 7 + "Otters are playful semi-aquatic mammals "
 
@@ -301,7 +303,11 @@ async def test_timeouts_are_set_per_request(make: HarnessFactory) -> None:
         # usage inside the finish chunk, whose delta is {}
         ("mock-ai-api/stream-include-usage.sse", MOCK_AI_ANSWER, Usage(34, 12)),
         ("mock-ai-api/stream-no-usage.sse", MOCK_AI_ANSWER, Usage(34, 12)),
-        ("mock-ai-api/stream-multichunk-mock-delay.sse", "Mock stream for: " + PROMPT, Usage(34, 40)),
+        (
+            "mock-ai-api/stream-multichunk-mock-delay.sse",
+            "Mock stream for: " + PROMPT,
+            Usage(34, 40),
+        ),
         # last content chunk carries finish_reason; no `created`; no usage
         ("dwmkerr-mock-llm/stream-include-usage.sse", PROMPT, None),
         ("dwmkerr-mock-llm/stream-no-usage.sse", PROMPT, None),
@@ -339,7 +345,11 @@ async def test_openai_usage_chunk_with_empty_choices(make: HarnessFactory) -> No
         chunk(delta={"role": "assistant"}),
         chunk("Otters "),
         chunk("float.", finish="stop"),
-        {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}},
+        {
+            "id": "chatcmpl-1",
+            "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3},
+        },
     )
     h = make(reply(body))
 
@@ -611,7 +621,12 @@ async def test_akashchat_image_job_is_not_a_chat_answer(make: HarnessFactory) ->
             404,
             "Not Found: Cannot POST /v1/images/generations",
         ),
-        ("dwmkerr-mock-llm/error-429.json", LLMRateLimitError, 429, "Rate limit reached for requests"),
+        (
+            "dwmkerr-mock-llm/error-429.json",
+            LLMRateLimitError,
+            429,
+            "Rate limit reached for requests",
+        ),
         (
             "dwmkerr-mock-llm/error-500.json",
             LLMServerError,
@@ -999,9 +1014,7 @@ async def test_retry_after_seconds_is_honoured(make: HarnessFactory) -> None:
 
 
 async def test_litellm_prefixed_retry_after_is_honoured(make: HarnessFactory) -> None:
-    h = make(
-        fixture("litellm/error-429-rpm-limit.json"), fixture("litellm/stream-no-usage.sse")
-    )
+    h = make(fixture("litellm/error-429-rpm-limit.json"), fixture("litellm/stream-no-usage.sse"))
 
     pieces, _ = await answer(h.client)
 
