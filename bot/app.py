@@ -103,7 +103,7 @@ async def build_app(settings: Settings) -> App:
     dispatcher.message.middleware(access)
     dispatcher.callback_query.middleware(access)
     # The conversation router catches every remaining message, so it goes last.
-    dispatcher.include_routers(common.router, chat.router)
+    dispatcher.include_routers(common.build_router(), chat.build_router())
     app = App(
         settings=settings,
         engine=engine,

@@ -39,20 +39,24 @@ A call over a limit gets HTTP 429 ``Too Many Requests: retry after N`` with
 ``parameters.retry_after = N`` (N = whole seconds until the call would have fitted, at least 1)
 and opens a window of N seconds on that chat (or, for the global limit, on every chat). Calls to
 a blocked chat inside the window get 429 again with the remaining seconds rounded up; each such
-call is a *violation* (a bot that honours retry_after makes none). Rejected calls do not use up
-capacity; every admitted call does, even if it then fails with a 400 (Telegram counts requests,
-not successes). ``count_429`` and ``violations`` are kept in total and per chat. Time comes from
-the injected ``clock``. A 429 injected with `FakeTelegram.fail_next` and ``retry_after`` opens the
-same kind of window, whether or not the automatic limits are enabled.
+call is a *violation* (a bot that honours retry_after makes none). Windows refuse only the
+limited methods, unless ``block_all_methods`` is set. Rejected calls do not use up capacity;
+every admitted call does, even if it then fails with a 400 (requests, not successes, are what
+costs, which is the cautious reading). ``count_429`` and ``violations`` are kept in total and per
+chat. Time comes from the injected ``clock``. A 429 injected on a limited method with
+`FakeTelegram.fail_next` and ``retry_after`` opens the same kind of window, whether or not the
+automatic limits are enabled.
 
 Group privacy mode is on by default (``getMe`` says ``can_read_all_group_messages: false``):
 in groups, only messages that start with ``/`` (and are not addressed to another bot), mention
 the bot by username, or reply to one of its messages are delivered; others are kept in
 ``withheld``. Set ``privacy_mode = False`` to deliver everything.
 
-Not emulated: Markdown parse modes (refused with a 400 that says so), automatic detection of
-URLs, mentions and hashtags in the bot's own texts, inline messages, webhooks delivery, and
-media other than photos and documents.
+Simplified: of TDLib's entity clean-up only the nesting rules that matter for HTML are kept
+(nothing inside ``code``/``pre``, no quote inside a quote, no link inside a link). Not emulated:
+Markdown parse modes (refused with a 400 that says so), automatic detection of URLs, mentions and
+hashtags in the bot's own texts, inline messages, webhook delivery, and media other than photos
+and documents.
 """
 
 from __future__ import annotations
@@ -1442,7 +1446,11 @@ class FakeTelegram:
                 with contextlib.suppress(ValueError):
                     body = await request.json()
                     if isinstance(body, dict):
-                        raw.update(body)
+                        raw.update(
+                            (key, _json_scalar_as_text(value))
+                            for key, value in body.items()
+                            if value is not None
+                        )
             else:
                 form = await request.post()
                 for key, value in form.items():
@@ -1505,8 +1513,8 @@ class FakeTelegram:
         return user
 
     def _queue_update(self, kind: str, payload: dict[str, Any], chat: _Chat) -> dict[str, Any]:
+        update: dict[str, Any] = {kind: payload}
         if kind in ("message", "edited_message") and not self._privacy_allows(payload, chat):
-            update = {kind: payload}
             self.withheld.append(update)
             return update
         update = {"update_id": next(self._update_ids), kind: payload}
@@ -1823,11 +1831,9 @@ class FakeTelegram:
         if self.webhook_url:
             raise _ApiError(409, CONFLICT_WEBHOOK)
         params = ctx.params
-        offset = params.get("offset") if isinstance(params.get("offset"), int) else 0
-        limit = params.get("limit") if isinstance(params.get("limit"), int) else 100
-        limit = min(max(limit or 100, 1), 100)
-        timeout = params.get("timeout") if isinstance(params.get("timeout"), int) else 0
-        timeout = max(timeout, 0)
+        offset = _int_param(params, "offset", 0)
+        limit = min(max(_int_param(params, "limit", 100), 1), 100)
+        timeout = max(_int_param(params, "timeout", 0), 0)
         allowed = params.get("allowed_updates")
         if isinstance(allowed, list):
             self._allowed_updates = [str(kind) for kind in allowed]
@@ -2110,6 +2116,20 @@ class FakeTelegram:
             "url": ctx.params.get("url"),
         }
         return True
+
+
+def _json_scalar_as_text(value: Any) -> Any:
+    """The Bot API reads every top-level JSON field as text; numbers and booleans included."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return value
+
+
+def _int_param(params: dict[str, Any], name: str, default: int) -> int:
+    value = params.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _decode_param(key: str, value: Any) -> Any:

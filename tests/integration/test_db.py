@@ -490,7 +490,7 @@ async def test_sqlite_read_then_write_transactions(sqlite_engine: AsyncEngine) -
             repo = ChatRepository(session)
             chat = await repo.get(chat_id=1)
             assert chat is not None and chat.model is not None
-            await asyncio.sleep(0.001)  # let the other transactions interleave
+            await asyncio.sleep(0)  # let the other transactions interleave
             await repo.set_model(chat_id=1, model=str(int(chat.model) + 1))
             await TurnRepository(session).add(
                 chat_id=1, turns=[NewTurn(role="user", content=chat.model, tokens=1)]

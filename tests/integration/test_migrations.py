@@ -124,7 +124,8 @@ async def test_sqlite_migrations_build_exactly_the_model_schema(tmp_path: Path) 
             )
             # Compare each statement's lines as a set: clause order may legitimately differ.
             return {
-                name: {line.strip().rstrip(",") for line in sql.splitlines()} for name, sql in rows
+                row.name: {line.strip().rstrip(",") for line in row.sql.splitlines()}
+                for row in rows
             }
 
     migrated = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}")
@@ -257,17 +258,25 @@ async def test_failed_migration_changes_nothing(database_url: str, tmp_path: Pat
 def test_alembic_command_line(tmp_path: Path) -> None:
     """Developers can run `alembic -c bot/db/migrations/alembic.ini ...` against any URL."""
     path = tmp_path / "cli" / "bot.db"
-    url = f"sqlite+aiosqlite:///{path}"
     ini = ROOT / "bot" / "db" / "migrations" / "alembic.ini"
-    # `check` fails if the models and the migrated schema disagree.
-    for args in (["upgrade", "head"], ["check"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "alembic", "-c", str(ini), "-x", f"url={url}", *args],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 0, result.stderr
+    base = ["-c", str(ini), "-x", f"url=sqlite+aiosqlite:///{path}"]
+    # Both commands in one fresh interpreter, outside the repository: the ini file alone must
+    # make the `bot` package importable. `check` fails if models and migrations disagree.
+    script = (
+        "from alembic.config import main\n"
+        f"main(argv={[*base, 'upgrade', 'head']!r})\n"
+        f"main(argv={[*base, 'check']!r})\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "No new upgrade operations detected" in result.stdout + result.stderr
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]

@@ -33,7 +33,8 @@ POSTGRES_MIGRATION_LOCK = 0x0B07_DB
 config = context.config
 target_metadata = Base.metadata
 
-if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+# Only the command line has an ini file; the bot's own logging is left alone.
+if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 

@@ -32,7 +32,6 @@ MEDIA_TYPES = frozenset(
 router.message.filter(NotFromBot())
 
 
-@router.message(F.text.startswith("/"), Addressed())
 async def unknown_command(message: Message, replies: Replies) -> None:
     """A command no other router knows (commands for other bots never get here in groups)."""
     command = (message.text or "").split()[0]
@@ -42,7 +41,6 @@ async def unknown_command(message: Message, replies: Replies) -> None:
     await replies.text(message, texts.UNKNOWN_COMMAND)
 
 
-@router.message(F.text | F.caption, Addressed())
 async def converse(
     message: Message, prompt: str, chat_service: ChatService, replies: Replies
 ) -> None:
@@ -64,7 +62,16 @@ async def converse(
     await chat_service.reply(request=request, sink=replies.writer(message))
 
 
-@router.message(F.content_type.in_(MEDIA_TYPES), Addressed())
 async def unsupported(message: Message, replies: Replies) -> None:
     """Stickers, voice, files and captionless photos: say what is supported."""
     await replies.text(message, texts.UNSUPPORTED_CONTENT)
+
+
+def build_router() -> Router:
+    """A fresh router with this module's handlers (one per Dispatcher)."""
+    router = Router(name=__name__)
+    router.message.filter(NotFromBot())
+    router.message.register(unknown_command, F.text.startswith("/"), Addressed())
+    router.message.register(converse, F.text | F.caption, Addressed())
+    router.message.register(unsupported, F.content_type.in_(MEDIA_TYPES), Addressed())
+    return router

@@ -11,26 +11,30 @@ from bot.services.chat import ChatService
 from bot.telegram.filters import NotFromBot
 from bot.telegram.replies import Replies
 
-router = Router(name=__name__)
-router.message.filter(NotFromBot())
 
-
-@router.message(CommandStart())
 async def start(message: Message, replies: Replies) -> None:
     """Greet and say what the bot does."""
     name = message.from_user.first_name if message.from_user else ""
     await replies.text(message, texts.START.format(name=f", {name}" if name else ""))
 
 
-@router.message(Command("help"))
 async def help_(message: Message, replies: Replies, bot: Bot) -> None:
     """List the commands."""
     me = await bot.me()
     await replies.text(message, texts.HELP.format(username=me.username or "bot"))
 
 
-@router.message(Command("reset", "new"))
 async def reset(message: Message, replies: Replies, chat_service: ChatService) -> None:
     """Forget this chat's conversation."""
     await chat_service.reset(chat_id=message.chat.id)
     await replies.text(message, texts.RESET_DONE)
+
+
+def build_router() -> Router:
+    """A fresh router with this module's handlers (one per Dispatcher)."""
+    router = Router(name=__name__)
+    router.message.filter(NotFromBot())
+    router.message.register(start, CommandStart())
+    router.message.register(help_, Command("help"))
+    router.message.register(reset, Command("reset", "new"))
+    return router

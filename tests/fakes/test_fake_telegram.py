@@ -1,0 +1,667 @@
+"""Tests of the fake Telegram Bot API server itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+)
+from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
+
+from tests.fakes.telegram import (
+    CONFLICT_GET_UPDATES,
+    NOT_MODIFIED,
+    FakeTelegram,
+    FloodControl,
+    utf16_len,
+)
+
+CHAT = 42
+GROUP = -100500
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def tg() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram() as fake:
+        fake.register_chat(CHAT)
+        # Most tests send faster than Telegram allows; the flood tests build their own fake.
+        fake.flood.enabled = False
+        yield fake
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def bot(tg: FakeTelegram) -> AsyncIterator[Bot]:
+    session = AiohttpSession(api=TelegramAPIServer.from_base(tg.url))
+    instance = Bot(tg.token, session=session)
+    yield instance
+    await instance.session.close()
+
+
+async def call(
+    http: aiohttp.ClientSession, tg: FakeTelegram, method: str, **params: Any
+) -> tuple[int, dict[str, Any]]:
+    async with http.post(f"{tg.url}/bot{tg.token}/{method}", json=params) as response:
+        return response.status, await response.json()
+
+
+async def send(
+    http: aiohttp.ClientSession, tg: FakeTelegram, text: str, chat_id: int = CHAT, **params: Any
+) -> tuple[int, dict[str, Any]]:
+    return await call(http, tg, "sendMessage", chat_id=chat_id, text=text, **params)
+
+
+# ------------------------------------------------------------------------------ basics
+
+
+async def test_get_me(tg: FakeTelegram, http: aiohttp.ClientSession, bot: Bot) -> None:
+    status, body = await call(http, tg, "getMe")
+    assert status == 200
+    assert body["ok"] is True
+    me = body["result"]
+    assert me["is_bot"] is True
+    assert me["username"] == "test_llm_bot"
+    assert me["can_join_groups"] is True
+    assert me["can_read_all_group_messages"] is False
+    assert me["supports_inline_queries"] is False
+    user = await bot.get_me()
+    assert user.id == tg.bot_id
+
+
+async def test_wrong_token_and_unknown_method(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(f"{tg.url}/bot1:WRONG/getMe") as response:
+        assert response.status == 401
+        assert await response.json() == {
+            "ok": False,
+            "error_code": 401,
+            "description": "Unauthorized",
+        }
+    status, body = await call(http, tg, "sendTelepathy")
+    assert (status, body["description"], body["error_code"]) == (404, "Not Found", 404)
+
+
+async def test_method_case_query_string_and_urlencoded_form(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    base = f"{tg.url}/bot{tg.token}"
+    async with http.get(f"{base}/GETME") as response:
+        assert (await response.json())["ok"] is True
+    form = {"chat_id": str(CHAT), "text": "<b>hi</b>", "parse_mode": "html"}
+    async with http.post(f"{base}/sendmessage", data=form) as response:
+        body = await response.json()
+    assert body["result"]["text"] == "hi"
+    assert tg.calls_to("sendMessage", chat_id=CHAT)[0].params["text"] == "<b>hi</b>"
+
+
+# ------------------------------------------------------------------------------ updates
+
+
+async def test_long_poll_returns_as_soon_as_an_update_arrives(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    poll = asyncio.create_task(call(http, tg, "getUpdates", timeout=5))
+    await asyncio.sleep(0.1)
+    assert not poll.done()
+    started = time.monotonic()
+    update = tg.user_message(chat_id=CHAT, text="hello")
+    status, body = await asyncio.wait_for(poll, 2)
+    assert time.monotonic() - started < 1
+    assert status == 200
+    assert body["result"] == [update]
+    assert update["message"]["text"] == "hello"
+    assert update["message"]["chat"] == {
+        "id": CHAT,
+        "first_name": "Alice",
+        "username": "alice",
+        "type": "private",
+    }
+
+
+async def test_long_poll_times_out_with_no_updates(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    started = time.monotonic()
+    status, body = await call(http, tg, "getUpdates", timeout=1)
+    assert (status, body["result"]) == (200, [])
+    assert 0.9 < time.monotonic() - started < 2
+
+
+async def test_offset_confirms_updates_and_unconfirmed_ones_come_again(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    first = tg.user_message(chat_id=CHAT, text="one")
+    second = tg.user_message(chat_id=CHAT, text="two")
+    assert second["update_id"] == first["update_id"] + 1
+    _, body = await call(http, tg, "getUpdates")
+    assert body["result"] == [first, second]
+    _, body = await call(http, tg, "getUpdates", limit=1)
+    assert body["result"] == [first]
+    _, body = await call(http, tg, "getUpdates", offset=second["update_id"])
+    assert body["result"] == [second]
+    _, body = await call(http, tg, "getUpdates", offset=second["update_id"] + 1)
+    assert body["result"] == []
+    _, body = await call(http, tg, "getUpdates")
+    assert body["result"] == []  # confirmed updates never come back
+
+
+async def test_negative_offset_keeps_only_the_last_updates(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    updates = [tg.user_message(chat_id=CHAT, text=str(n)) for n in range(3)]
+    _, body = await call(http, tg, "getUpdates", offset=-1)
+    assert body["result"] == [updates[-1]]
+    _, body = await call(http, tg, "getUpdates")
+    assert body["result"] == [updates[-1]]
+
+
+async def test_a_second_poll_terminates_the_first_with_409(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    first = asyncio.create_task(call(http, tg, "getUpdates", timeout=5))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(call(http, tg, "getUpdates", timeout=5))
+    status, body = await asyncio.wait_for(first, 2)
+    assert status == 409
+    assert body == {"ok": False, "error_code": 409, "description": CONFLICT_GET_UPDATES}
+    update = tg.user_message(chat_id=CHAT, text="still served")
+    status, body = await asyncio.wait_for(second, 2)
+    assert (status, body["result"]) == (200, [update])
+
+
+async def test_allowed_updates_filters_update_types(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    sent = tg.user_message(chat_id=CHAT, text="x")
+    _, body = await call(http, tg, "getUpdates", allowed_updates=["callback_query"])
+    assert body["result"] == []
+    assert sent not in tg.pending_updates()
+
+
+async def test_user_messages_carry_command_and_mention_entities(tg: FakeTelegram) -> None:
+    update = tg.user_message(chat_id=CHAT, text="😀 /ask@test_llm_bot hi @test_llm_bot")
+    message = update["message"]
+    assert message["entities"] == [
+        {"offset": 3, "length": 17, "type": "bot_command"},
+        {"offset": 24, "length": 13, "type": "mention"},
+    ]
+    reply = tg.user_message(chat_id=CHAT, text="re", reply_to_message_id=message["message_id"])
+    assert reply["message"]["reply_to_message"]["text"] == message["text"]
+    photo = tg.user_message(chat_id=CHAT, photo=[{"file_id": "p"}], caption="look")
+    assert "text" not in photo["message"] and photo["message"]["caption"] == "look"
+    edited = tg.edited_message(chat_id=CHAT, message_id=message["message_id"], text="/new")
+    assert edited["edited_message"]["text"] == "/new"
+    assert "edit_date" in edited["edited_message"]
+
+
+async def test_privacy_mode_withholds_plain_group_messages(tg: FakeTelegram) -> None:
+    plain = tg.user_message(chat_id=GROUP, chat_type="group", text="just chatting")
+    assert "update_id" not in plain
+    assert tg.withheld == [plain]
+    assert "update_id" in tg.user_message(chat_id=GROUP, chat_type="group", text="/ask x")
+    other = tg.user_message(chat_id=GROUP, chat_type="group", text="/ask@other_bot x")
+    assert "update_id" not in other
+    mention = tg.user_message(chat_id=GROUP, chat_type="group", text="hey @Test_LLM_Bot")
+    assert "update_id" in mention
+    tg.privacy_mode = False
+    assert "update_id" in tg.user_message(chat_id=GROUP, chat_type="group", text="all")
+
+
+# ------------------------------------------------------------------------------ formatting
+
+
+async def test_html_gives_visible_text_and_utf16_entities(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    html = (
+        '<b>Bold</b> 😀 <i>it <u>both</u></i> <a href="https://example.com">link</a>\n'
+        '<pre><code class="language-python">x = 1 &lt; 2</code></pre>'
+        "<tg-spoiler>s</tg-spoiler><blockquote expandable>q</blockquote>"
+    )
+    status, body = await send(http, tg, html, parse_mode="HTML")
+    assert status == 200
+    result = body["result"]
+    assert result["text"] == "Bold 😀 it both link\nx = 1 < 2sq"
+    assert result["from"]["id"] == tg.bot_id
+    assert result["entities"] == [
+        {"type": "bold", "offset": 0, "length": 4},
+        {"type": "italic", "offset": 8, "length": 7},
+        {"type": "underline", "offset": 11, "length": 4},
+        {"type": "text_link", "offset": 16, "length": 4, "url": "https://example.com/"},
+        {"type": "pre", "offset": 21, "length": 9, "language": "python"},
+        {"type": "spoiler", "offset": 30, "length": 1},
+        {"type": "expandable_blockquote", "offset": 31, "length": 1},
+    ]
+    [stored] = tg.messages(CHAT)
+    assert stored.text == result["text"]
+    assert stored.html == html
+    assert stored.parse_mode == "HTML"
+    assert stored.history == [result["text"]]
+
+
+@pytest.mark.parametrize(
+    ("html", "error"),
+    [
+        ("<foo>x</foo>", 'Unsupported start tag "foo" at byte offset 0'),
+        ("é <br>", 'Unsupported start tag "br" at byte offset 3'),
+        ("if a < b", 'Unsupported start tag "" at byte offset 5'),
+        ("a <b>bold", 'Can\'t find end tag corresponding to start tag "b"'),
+        ("text</b>", "Unexpected end tag at byte offset 4"),
+        ("<b>x<i>y</b></i>", 'Unmatched end tag at byte offset 8, expected "</i>", found "</b>"'),
+        ("ends with <", "Unclosed start tag at byte offset 10"),
+        ('<span class="x">y</span>', 'Tag "span" must have class "tg-spoiler" at byte offset 0'),
+        ('<a href=x"y>t</a>', "Unexpected end of name token at byte offset 8"),
+        ("<b>x</b", "Unclosed end tag at byte offset 4"),
+        ('<a href="x>t</a>', "Unclosed start tag at byte offset 0"),
+        ('<tg-emoji emoji-id="abc">👍</tg-emoji>', "Invalid custom emoji identifier specified"),
+    ],
+)
+async def test_html_errors_match_telegram(
+    tg: FakeTelegram, http: aiohttp.ClientSession, html: str, error: str
+) -> None:
+    status, body = await send(http, tg, html, parse_mode="HTML")
+    assert status == 400
+    assert body == {
+        "ok": False,
+        "error_code": 400,
+        "description": f"Bad Request: can't parse entities: {error}",
+    }
+    assert tg.messages(CHAT) == []
+
+
+async def test_references_and_bare_ampersands(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    _, body = await send(
+        http, tg, "AT&T &lt;b&gt; &quot;q&quot; &nbsp; &#128512;&#x41;", parse_mode="HTML"
+    )
+    assert body["result"]["text"] == 'AT&T <b> "q" &nbsp; 😀A'
+
+
+async def test_plain_text_and_explicit_entities(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    _, body = await send(http, tg, "<b>raw</b>")
+    assert body["result"]["text"] == "<b>raw</b>"
+    entities = [
+        {"type": "bold", "offset": 0, "length": 3},
+        {"type": "url", "offset": 0, "length": 1},
+    ]
+    _, body = await send(http, tg, "abc def", entities=entities)
+    assert body["result"]["entities"] == [{"type": "bold", "offset": 0, "length": 3}]
+    status, body = await send(http, tg, "x", parse_mode="Markdown2")
+    assert (status, body["description"]) == (400, "Bad Request: unsupported parse_mode")
+
+
+async def test_length_is_checked_after_parsing_in_utf16(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    status, _ = await send(http, tg, "<b>" + "a" * 4096 + "</b>", parse_mode="HTML")
+    assert status == 200
+    status, _ = await send(http, tg, "&amp;" * 4096, parse_mode="HTML")
+    assert status == 200
+    status, body = await send(http, tg, "a" * 4097)
+    assert (status, body["description"]) == (400, "Bad Request: message is too long")
+    assert utf16_len("😀" * 2048) == 4096
+    status, _ = await send(http, tg, "😀" * 2048)
+    assert status == 200
+    status, body = await send(http, tg, "😀" * 2049)
+    assert (status, body["description"]) == (400, "Bad Request: message is too long")
+    tg.length_unit = "codepoints"  # TDLib's own unit
+    status, _ = await send(http, tg, "😀" * 2049)
+    assert status == 200
+
+
+async def test_empty_and_blank_texts(tg: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    status, body = await send(http, tg, "")
+    assert (status, body["description"]) == (400, "Bad Request: message text is empty")
+    status, body = await send(http, tg, "<b> </b>\n", parse_mode="HTML")
+    assert (status, body["description"]) == (400, "Bad Request: message must be non-empty")
+    _, body = await send(http, tg, "\n  <b>hi</b> \r\n", parse_mode="HTML")
+    assert body["result"]["text"] == "hi"
+    assert body["result"]["entities"] == [{"type": "bold", "offset": 0, "length": 2}]
+
+
+# ------------------------------------------------------------------------------ messages
+
+
+async def test_edits_history_not_modified_and_deleted(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    _, body = await send(http, tg, "Thinking…")
+    message_id = body["result"]["message_id"]
+    for text in ("Hello", "Hello <b>world</b>"):
+        status, body = await call(
+            http,
+            tg,
+            "editMessageText",
+            chat_id=CHAT,
+            message_id=message_id,
+            text=text,
+            parse_mode="HTML",
+        )
+        assert status == 200
+    assert body["result"]["text"] == "Hello world"
+    assert "edit_date" in body["result"]
+    status, body = await call(
+        http,
+        tg,
+        "editMessageText",
+        chat_id=CHAT,
+        message_id=message_id,
+        text="Hello <b>world</b>",
+        parse_mode="HTML",
+    )
+    assert (status, body["description"]) == (400, NOT_MODIFIED)
+    # Same visible text but different entities is a modification.
+    status, _ = await call(
+        http, tg, "editMessageText", chat_id=CHAT, message_id=message_id, text="Hello world"
+    )
+    assert status == 200
+    [message] = tg.messages(CHAT)
+    assert (message.text, message.edits) == ("Hello world", 3)
+    assert message.history == ["Thinking…", "Hello", "Hello world", "Hello world"]
+
+    tg.delete_message(CHAT, message_id)
+    status, body = await call(
+        http, tg, "editMessageText", chat_id=CHAT, message_id=message_id, text="again"
+    )
+    assert (status, body["description"]) == (400, "Bad Request: message to edit not found")
+    status, body = await call(
+        http, tg, "editMessageText", chat_id=CHAT, message_id=999, text="again"
+    )
+    assert body["description"] == "Bad Request: message to edit not found"
+    user = tg.user_message(chat_id=CHAT, text="mine")["message"]["message_id"]
+    status, body = await call(
+        http, tg, "editMessageText", chat_id=CHAT, message_id=user, text="theirs"
+    )
+    assert body["description"] == "Bad Request: message can't be edited"
+    assert tg.messages(CHAT)[0].deleted and tg.live_messages(CHAT) == []
+
+
+async def test_reply_markup_edits_and_delete(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    markup = {"inline_keyboard": [[{"text": "Stop", "callback_data": "stop"}]]}
+    _, body = await send(http, tg, "answer", reply_markup=markup)
+    message_id = body["result"]["message_id"]
+    assert body["result"]["reply_markup"] == markup
+    status, body = await call(
+        http,
+        tg,
+        "editMessageReplyMarkup",
+        chat_id=CHAT,
+        message_id=message_id,
+        reply_markup=markup,
+    )
+    assert (status, body["description"]) == (400, NOT_MODIFIED)
+    status, body = await call(
+        http, tg, "editMessageReplyMarkup", chat_id=CHAT, message_id=message_id
+    )
+    assert status == 200 and "reply_markup" not in body["result"]
+    status, body = await send(
+        http, tg, "x", reply_markup={"inline_keyboard": [[{"text": "no action"}]]}
+    )
+    assert body["description"] == "Bad Request: text buttons are unallowed in the inline keyboard"
+    status, body = await call(http, tg, "deleteMessage", chat_id=CHAT, message_id=message_id)
+    assert (status, body["result"]) == (200, True)
+    status, body = await call(http, tg, "deleteMessage", chat_id=CHAT, message_id=message_id)
+    assert body["description"] == "Bad Request: message to delete not found"
+    assert tg.messages(CHAT)[0].deleted_by == "bot"
+
+
+async def test_replies_and_unknown_chats(tg: FakeTelegram, http: aiohttp.ClientSession) -> None:
+    question = tg.user_message(chat_id=CHAT, text="q")["message"]["message_id"]
+    _, body = await send(http, tg, "a", reply_parameters={"message_id": question})
+    assert body["result"]["reply_to_message"]["message_id"] == question
+    assert tg.messages(CHAT)[0].reply_to_message_id == question
+    status, body = await send(http, tg, "a", reply_parameters={"message_id": 777})
+    assert (status, body["description"]) == (400, "Bad Request: message to be replied not found")
+    status, body = await send(
+        http, tg, "a", reply_parameters={"message_id": 777, "allow_sending_without_reply": True}
+    )
+    assert status == 200 and "reply_to_message" not in body["result"]
+    status, body = await send(http, tg, "a", chat_id=31337)
+    assert (status, body["description"]) == (400, "Bad Request: chat not found")
+    status, body = await call(http, tg, "sendMessage", text="a")
+    assert body["description"] == "Bad Request: chat_id is empty"
+
+
+async def test_chat_action_commands_and_callbacks(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    status, _ = await call(http, tg, "sendChatAction", chat_id=CHAT, action="typing")
+    assert status == 200 and tg.chat_actions == [(CHAT, "typing")]
+    status, body = await call(http, tg, "sendChatAction", chat_id=CHAT, action="dancing")
+    assert body["description"] == "Bad Request: wrong parameter action in request"
+
+    commands = [{"command": "new", "description": "Start over"}]
+    await call(http, tg, "setMyCommands", commands=commands)
+    scope = {"type": "all_group_chats"}
+    await call(http, tg, "setMyCommands", commands=commands * 2, scope=scope, language_code="ru")
+    assert tg.commands_for() == commands
+    assert tg.commands_for(scope, "ru") == commands * 2
+    assert tg.commands_for(scope) == []
+    _, body = await call(http, tg, "getMyCommands", scope=scope, language_code="ru")
+    assert body["result"] == commands * 2
+    status, body = await call(
+        http, tg, "setMyCommands", commands=[{"command": "Bad-One", "description": "x"}]
+    )
+    assert body["description"] == "Bad Request: BOT_COMMAND_INVALID"
+    await call(http, tg, "deleteMyCommands")
+    assert tg.commands_for() == []
+
+    markup = {"inline_keyboard": [[{"text": "Retry", "callback_data": "retry"}]]}
+    _, body = await send(http, tg, "failed", reply_markup=markup)
+    update = tg.callback_query(chat_id=CHAT, message_id=body["result"]["message_id"], data="retry")
+    query = update["callback_query"]
+    assert query["message"]["reply_markup"] == markup
+    status, _ = await call(http, tg, "answerCallbackQuery", callback_query_id=query["id"])
+    assert status == 200 and query["id"] in tg.callback_answers
+    status, body = await call(http, tg, "answerCallbackQuery", callback_query_id="nope")
+    assert body["description"].startswith("Bad Request: query is too old")
+
+
+# ------------------------------------------------------------------------------ flood control
+
+
+async def test_private_chat_flood_control_and_violations(http: aiohttp.ClientSession) -> None:
+    clock = ManualClock()
+    async with FakeTelegram(clock=clock) as tg:
+        tg.register_chat(CHAT)
+        for n in range(3):  # the burst allowance
+            status, _ = await send(http, tg, f"m{n}")
+            assert status == 200
+        status, body = await send(http, tg, "too fast")
+        assert status == 429
+        assert body == {
+            "ok": False,
+            "error_code": 429,
+            "description": "Too Many Requests: retry after 1",
+            "parameters": {"retry_after": 1},
+        }
+        assert (tg.flood.count_429, tg.flood.violations) == (1, 0)
+        clock.now += 0.4
+        status, body = await send(http, tg, "ignores retry_after")
+        assert (status, body["parameters"]["retry_after"]) == (429, 1)
+        assert (tg.flood.count_429, tg.flood.violations) == (2, 1)
+        assert tg.flood.violations_by_chat == {CHAT: 1}
+        # Chat actions are not limited, even inside the window.
+        status, _ = await call(http, tg, "sendChatAction", chat_id=CHAT, action="typing")
+        assert status == 200
+        clock.now += 0.6
+        status, _ = await send(http, tg, "waited")
+        assert status == 200
+        clock.now += 1.0  # one message per second is sustainable
+        status, _ = await send(http, tg, "steady")
+        assert status == 200
+
+
+async def test_group_flood_control_is_twenty_per_minute(http: aiohttp.ClientSession) -> None:
+    clock = ManualClock()
+    async with FakeTelegram(clock=clock) as tg:
+        tg.register_chat(GROUP, chat_type="supergroup")
+        for n in range(20):
+            status, _ = await send(http, tg, f"m{n}", chat_id=GROUP)
+            assert status == 200
+            clock.now += 1
+        status, body = await send(http, tg, "21st", chat_id=GROUP)
+        assert (status, body["parameters"]["retry_after"]) == (429, 40)
+        clock.now += 39.5
+        status, body = await send(http, tg, "early", chat_id=GROUP)
+        assert (status, body["description"]) == (429, "Too Many Requests: retry after 1")
+        assert tg.flood.violations == 1
+        clock.now += 0.5
+        status, _ = await send(http, tg, "on time", chat_id=GROUP)
+        assert status == 200
+
+
+async def test_global_flood_control_and_injected_429_window(
+    http: aiohttp.ClientSession,
+) -> None:
+    clock = ManualClock()
+    async with FakeTelegram(clock=clock) as tg:
+        for chat_id in range(1, 32):
+            tg.register_chat(chat_id)
+        for chat_id in range(1, 31):
+            status, _ = await send(http, tg, "x", chat_id=chat_id)
+            assert status == 200
+        status, body = await send(http, tg, "31st", chat_id=31)
+        assert (status, body["parameters"]["retry_after"]) == (429, 1)
+        status, _ = await send(http, tg, "other chat", chat_id=1)
+        assert status == 429 and tg.flood.violations == 1  # the whole bot is blocked
+        clock.now += 1
+        tg.flood = FloodControl(clock, enabled=False)
+        tg.fail_next(
+            "editMessageText",
+            status=429,
+            description="Too Many Requests: retry after 7",
+            retry_after=7,
+            chat_id=1,
+        )
+        status, body = await call(http, tg, "editMessageText", chat_id=1, message_id=1, text="y")
+        assert (status, body["parameters"]) == (429, {"retry_after": 7})
+        clock.now += 6.5
+        status, body = await send(http, tg, "still blocked", chat_id=1)
+        assert (status, body["parameters"]["retry_after"]) == (429, 1)
+        assert tg.flood.violations == 1
+        clock.now += 0.5
+        status, _ = await send(http, tg, "free", chat_id=1)
+        assert status == 200
+
+
+# ------------------------------------------------------------------------------ via aiogram
+
+
+async def test_aiogram_multipart_round_trip(tg: FakeTelegram, bot: Bot) -> None:
+    keyboard = InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text="Stop", callback_data="stop")]]
+    )
+    message = await bot.send_message(
+        CHAT, "<b>Hi</b> there", parse_mode="HTML", reply_markup=keyboard
+    )
+    assert message.text == "Hi there"
+    assert message.entities is not None and message.entities[0].type == "bold"
+    call_params = tg.calls_to("sendMessage")[0].params
+    assert call_params["chat_id"] == CHAT
+    assert call_params["reply_markup"] == {
+        "inline_keyboard": [[{"text": "Stop", "callback_data": "stop"}]]
+    }
+    edited = await bot.edit_message_text(
+        "<i>Hi</i> there", chat_id=CHAT, message_id=message.message_id, parse_mode="HTML"
+    )
+    assert not isinstance(edited, bool) and edited.reply_markup is None
+
+    with pytest.raises(TelegramBadRequest) as bad:
+        await bot.send_message(CHAT, "<x>", parse_mode="HTML")
+    assert bad.value.message == (
+        'Bad Request: can\'t parse entities: Unsupported start tag "x" at byte offset 0'
+    )
+    with pytest.raises(TelegramBadRequest) as bad:
+        await bot.edit_message_text(
+            "<i>Hi</i> there", chat_id=CHAT, message_id=message.message_id, parse_mode="HTML"
+        )
+    assert bad.value.message == NOT_MODIFIED
+
+    photo = await bot.send_photo(
+        CHAT,
+        BufferedInputFile(b"\x89PNG fake", filename="chart.png"),
+        caption="<b>chart</b>",
+        parse_mode="HTML",
+    )
+    assert photo.caption == "chart" and photo.photo
+    stored = tg.messages(CHAT)[-1]
+    assert stored.kind == "photo" and stored.file is not None
+    assert stored.file.data == b"\x89PNG fake" and stored.file.filename == "chart.png"
+    with pytest.raises(TelegramBadRequest) as bad:
+        await bot.send_document(CHAT, BufferedInputFile(b"x", "a.txt"), caption="c" * 1025)
+    assert bad.value.message == "Bad Request: message caption is too long"
+    document = await bot.send_document(CHAT, BufferedInputFile(b"log", "a.txt"))
+    assert document.document is not None and document.document.file_name == "a.txt"
+
+    tg.flood = FloodControl(private_burst=1)
+    await bot.send_message(CHAT, "one")
+    with pytest.raises(TelegramRetryAfter) as flood:
+        await bot.send_message(CHAT, "two")
+    assert flood.value.retry_after == 1
+    assert tg.flood.count_429 == 1
+
+
+async def test_injected_failures(tg: FakeTelegram, bot: Bot, http: aiohttp.ClientSession) -> None:
+    tg.fail_next("sendMessage", status=403, description="Forbidden: bot was blocked by the user")
+    with pytest.raises(TelegramForbiddenError) as forbidden:
+        await bot.send_message(CHAT, "x")
+    assert forbidden.value.message == "Forbidden: bot was blocked by the user"
+    await bot.send_message(CHAT, "next one works")
+
+    tg.block_bot(CHAT)
+    with pytest.raises(TelegramForbiddenError):
+        await bot.send_chat_action(CHAT, "typing")
+    tg.block_bot(CHAT, blocked=False)
+
+    tg.disconnect_next("sendMessage")
+    with pytest.raises(TelegramNetworkError):
+        await bot.send_message(CHAT, "lost")
+    assert len(tg.messages(CHAT)) == 1
+    tg.disconnect_next("sendMessage", after_processing=True)
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await send(http, tg, "delivered, answer lost")
+    assert tg.messages(CHAT)[-1].text == "delivered, answer lost"
+    assert tg.calls_to("sendMessage")[-1].status == -1
+
+
+async def test_wait_for_reports_recent_calls(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    await send(http, tg, "visible in the dump")
+    await tg.wait_for(lambda fake: len(fake.messages(CHAT)) == 1, timeout=1)
+    with pytest.raises(AssertionError, match="visible in the dump"):
+        await tg.wait_for(lambda fake: len(fake.messages(CHAT)) == 2, timeout=0.05)
