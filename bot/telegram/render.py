@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -40,8 +40,13 @@ def utf16_len(text: str) -> int:
 # ---- parser ------------------------------------------------------------------------------
 
 
+# markdown-it silently drops everything nested deeper than this; such input is shown as
+# escaped text instead (see `_render`).
+_MAX_NESTING = 50
+
+
 def _make_parser() -> MarkdownIt:
-    md = MarkdownIt("commonmark", {"html": False})
+    md = MarkdownIt("commonmark", {"html": False, "maxNesting": _MAX_NESTING})
     md.enable(["strikethrough", "table"])
     # Inline content is parsed per block by `_inline_html` (with a cache), so the core
     # parse only builds blocks: the splitter renders overlapping prefixes of one answer
@@ -182,9 +187,11 @@ def _inline_tokens_html(tokens: Sequence[Token]) -> str:
             else:
                 # An empty link text would make an invisible link: show the address.
                 out.append(_esc(href))
+        elif any(entry[0] == kind for entry in stack) or not _visible(inner):
+            out.append(inner)  # "***a* b**" style nesting of the same format: already on
         else:
             tag = _INLINE_TAGS[kind]
-            out.append(f"<{tag}>{inner}</{tag}>" if _visible(inner) else inner)
+            out.append(f"<{tag}>{inner}</{tag}>")
 
     for tok in tokens:
         kind = tok.type
@@ -227,8 +234,20 @@ def _inline_tokens_html(tokens: Sequence[Token]) -> str:
     return "".join(out)
 
 
+# Characters that start some inline syntax (entity, escape, code, strike, emphasis, link,
+# image, autolink); text without any of them is only text and line breaks.
+_INLINE_SYNTAX_RE = re.compile(r"[&\\`~*_\[!<]")
+
+
 @lru_cache(maxsize=4096)
 def _inline_html(content: str, refs: _RefsKey) -> str:
+    if "\t" not in content and not _INLINE_SYNTAX_RE.search(content):
+        # What markdown-it's newline rule does: spaces before a line break are dropped
+        # (hard or soft break, both "\n" here), indentation after it too.
+        lines = content.split("\n")
+        if len(lines) > 1:
+            content = "\n".join(line.strip(" ") for line in lines)
+        return _esc(content)
     return _inline_tokens_html(_parse_inline(content, refs))
 
 
@@ -248,16 +267,16 @@ class _Blocks:
         self.refs = refs
         self.pos = 0
 
-    def render(self) -> str:
-        blocks: list[str] = []
+    def top_level(self) -> list[tuple[list[int] | None, str]]:
+        """Each top-level block's source line range (markdown-it's `map`) and its HTML."""
+        blocks: list[tuple[list[int] | None, str]] = []
         while self.pos < len(self.tokens):
-            if self.tokens[self.pos].nesting == -1:  # stray close: nothing to show
+            tok = self.tokens[self.pos]
+            if tok.nesting == -1:  # stray close: nothing to show
                 self.pos += 1
                 continue
-            block = self._block(quote=0, level=0)
-            if block:
-                blocks.append(block)
-        return "\n\n".join(blocks)
+            blocks.append((tok.map, self._block(quote=0, level=0)))
+        return blocks
 
     def _children(self, quote: int, level: int) -> list[str]:
         """Render blocks up to (and consuming) the close token of the current container."""
@@ -283,7 +302,8 @@ class _Blocks:
             inner = self._inline_at(self.pos + 1)
             self._skip_container()
             if kind == "heading_open" and _visible(inner):
-                return f"<b>{inner}</b>"
+                # The whole heading is bold; bold inside it would nest <b> in <b>.
+                return "<b>" + inner.replace("<b>", "").replace("</b>", "") + "</b>"
             return inner if _visible(inner) else ""
         if kind == "fence":
             self.pos += 1
@@ -442,11 +462,21 @@ def _quote_text(text: str) -> str:
     return f"<blockquote>{text}</blockquote>" if _visible(text) else ""
 
 
+class _TooDeep(Exception):
+    """Markdown nested deeper than the parser keeps."""
+
+
 def _render(markdown: str) -> str:
     env: dict[str, Any] = {}
     tokens = _MD.parse(markdown, env)
-    html = _Blocks(tokens, _refs_key(env)).render()
-    html = html.replace("\x00", "").strip()
+    if any(tok.level >= _MAX_NESTING - 1 for tok in tokens):
+        raise _TooDeep
+    blocks = _Blocks(tokens, _refs_key(env)).top_level()
+    return _finish_document(html for _, html in blocks)
+
+
+def _finish_document(blocks: Iterable[str]) -> str:
+    html = "\n\n".join(block for block in blocks if block).replace("\x00", "").strip()
     return html if _visible(html) else ""
 
 
@@ -483,6 +513,7 @@ _WS_RUN_RE = re.compile(r"[^\S\u00a0\u2007\u202f]+")
 _BREAK_RUN_RE = re.compile(r"[^\S\r\n\u00a0\u2007\u202f]*[\r\n][^\S\u00a0\u2007\u202f]*")
 _NEWLINE_RE = re.compile(r"\r\n|\r|\n")
 _ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
+_NOT_QUOTE_RE = re.compile(r"[^>\s]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -498,69 +529,97 @@ class _Fence:
 
 @dataclass(frozen=True, slots=True)
 class _Cut:
-    start: int  # piece is body[:start] (plus a closing fence line when `fence` is set)
+    start: int  # the piece is body[:start] (plus a closing fence line when `fence` is set)
     next_start: int  # body offset where the next piece's source starts
     size: int  # UTF-16 length of the piece's Markdown
     kind: int  # 2: paragraph boundary, 1: line break, 0: other whitespace, -1: hard cut
     fence: _Fence | None
 
 
-class _Splitter:
-    """Finds the first piece of `carry + text` for one `first_piece` call."""
+class _Window:
+    """What one `first_piece` call knows about the start of `carry + text`."""
 
     def __init__(self, text: str, carry: str, limit: int) -> None:
         self.text = text
         self.carry = carry
         self.limit = limit
-        self.body = carry + text[: limit + 1]  # no piece can reach past this window
+        # No piece reaches past this: each character is at least one UTF-16 unit.
+        self.body = carry + text[: limit + 1]
         self.astral = [m.start() for m in _ASTRAL_RE.finditer(self.body)]
-        self.fences = self._find_fences()
-        self.fence_starts = [f.open_start for f in self.fences]
+        self.line_starts = [0] + [m.end() for m in _NEWLINE_RE.finditer(self.body)]
         self.verdicts: dict[int, bool] = {}
+        env: dict[str, Any] = {}
+        # Same length as the body (offsets stay valid), same structure, same UTF-16 size.
+        parsed = _SURROGATE_RE.sub("\ufffd", self.body).replace("\x00", "\ufffd")
+        tokens = _MD.parse(parsed, env)
+        self.fences = self._find_fences(tokens)
+        self.fence_starts = [fence.open_start for fence in self.fences]
+        # Top-level blocks already rendered, so that a fit check only renders the block
+        # being cut. Link reference definitions act across blocks: then render it all.
+        self.composable = not env.get("references")
+        self.block_starts: list[int] = []
+        self.block_ends: list[int] = []
+        self.before_size = [0]  # UTF-16 size of the joined HTML of the blocks before j
+        self.before_count = [0]  # how many of them show something
+        if self.composable:
+            self._index_blocks(tokens)
 
-    # -- analysis
+    def _line_start(self, line: int) -> int:
+        return self.line_starts[line] if line < len(self.line_starts) else len(self.body)
 
-    def _find_fences(self) -> list[_Fence]:
-        body = self.body
-        starts = [0] + [m.end() for m in _NEWLINE_RE.finditer(body)]
+    def _line(self, line: int) -> str:
+        return self.body[self._line_start(line) : self._line_start(line + 1)].rstrip("\r\n")
 
-        def line_start(n: int) -> int:
-            return starts[n] if n < len(starts) else len(body)
-
-        def line(n: int) -> str:
-            return body[line_start(n) : line_start(n + 1)].rstrip("\r\n")
-
+    def _find_fences(self, tokens: list[Token]) -> list[_Fence]:
         fences: list[_Fence] = []
-        for tok in _MD.parse(body):
+        for tok in tokens:
             if tok.type != "fence" or not tok.map or not tok.markup:
                 continue
             first, after = tok.map
-            opening = line(first)
-            at = opening.find(tok.markup)
-            prefix = re.sub(r"[^>\s]", " ", opening[: max(at, 0)])
-            closing_re = re.compile(
-                r"[\s>]*" + re.escape(tok.markup[0]) + "{%d,}[ \t]*" % len(tok.markup)
-            )
-            closed = after - 1 > first and closing_re.fullmatch(line(after - 1)) is not None
-            content_start = line_start(first + 1)
-            content_end = line_start(after - 1) if closed else line_start(after)
-            code = _WS_RUN_RE.match(body, content_start)
-            first_code = code.end() if code else content_start
+            opening = self._line(first)
+            prefix = _NOT_QUOTE_RE.sub(" ", opening[: max(opening.find(tok.markup), 0)])
+            fence_char, length = re.escape(tok.markup[0]), len(tok.markup)
+            closing_re = re.compile(rf"[\s>]*{fence_char}{{{length},}}[ \t]*")
+            closed = after - 1 > first and closing_re.fullmatch(self._line(after - 1))
+            content_start = self._line_start(first + 1)
+            code = _WS_RUN_RE.match(self.body, content_start)
             # A quote prefix keeps the reopened fence inside the quote; list indentation
             # of 4+ would turn the reopened fence into an indented code block instead.
             reopen_prefix = prefix if ">" in prefix or len(prefix) <= 3 else ""
             fences.append(
                 _Fence(
-                    open_start=line_start(first),
+                    open_start=self._line_start(first),
                     content_start=content_start,
-                    content_end=content_end,
-                    first_code=first_code,
+                    content_end=self._line_start(after - 1 if closed else after),
+                    first_code=code.end() if code else content_start,
                     close_line=prefix + tok.markup,
                     reopen=reopen_prefix + tok.markup + tok.info + "\n",
                     closing_re=closing_re,
                 )
             )
         return fences
+
+    def _index_blocks(self, tokens: list[Token]) -> None:
+        if any(tok.level >= _MAX_NESTING - 1 for tok in tokens):
+            self.composable = False
+            return
+        try:
+            blocks = _Blocks(tokens, ()).top_level()
+        except Exception:
+            self.composable = False
+            return
+        size = count = 0
+        for line_map, html in blocks:
+            if line_map is None:
+                self.composable = False
+                return
+            self.block_starts.append(self._line_start(line_map[0]))
+            self.block_ends.append(self._line_start(line_map[1]))
+            if html:
+                size += utf16_len(html) + (2 if count else 0)
+                count += 1
+            self.before_size.append(size)
+            self.before_count.append(count)
 
     def _fence_at(self, pos: int) -> _Fence | None:
         index = bisect_right(self.fence_starts, pos) - 1
@@ -572,10 +631,10 @@ class _Splitter:
         return pos + bisect_left(self.astral, pos)
 
     def _slice(self, start: int, stop: int) -> str:
-        """carry + text [start:stop], without building the whole body."""
-        carry = len(self.carry)
+        """(carry + text)[start:stop] without building the whole body."""
         if stop <= len(self.body):
             return self.body[start:stop]
+        carry = len(self.carry)
         if start >= carry:
             return self.text[start - carry : stop - carry]
         return self.carry[start:] + self.text[: stop - carry]
@@ -590,7 +649,9 @@ class _Splitter:
     def _line_end(self, pos: int) -> int:
         carry = len(self.carry)
         newline = _NEWLINE_RE.search(self.text, max(pos - carry, 0))
-        return carry + newline.start() if newline else carry + len(self.text)
+        return carry + (newline.start() if newline else len(self.text))
+
+    # -- cut points
 
     def whitespace_cuts(self, *, breaks_only: bool) -> list[_Cut]:
         """Cuts at whitespace runs (only those holding a line break, if `breaks_only`)."""
@@ -605,9 +666,7 @@ class _Splitter:
             if start <= floor:
                 continue  # the piece would hold nothing of the text
             end = self._run_end(match)
-            run = self._slice(start, end)
-            breaks = list(_NEWLINE_RE.finditer(run))
-            kind = min(len(breaks), 2)
+            breaks = list(_NEWLINE_RE.finditer(self._slice(start, end)))
             fence = self._fence_at(start)
             next_start = end
             size = self._utf16(start)
@@ -616,8 +675,7 @@ class _Splitter:
                     continue  # the piece would end with an empty code block
                 if breaks:
                     # Code keeps the indentation of the line after the cut.
-                    next_start = start + breaks[-1].end()
-                    line_start = next_start
+                    next_start = line_start = start + breaks[-1].end()
                 else:
                     line_start = 1 + max(
                         self.body.rfind("\n", 0, start), self.body.rfind("\r", 0, start)
@@ -626,28 +684,45 @@ class _Splitter:
                 if end >= total or fence.closing_re.fullmatch(line):
                     continue  # only the closing fence is left: cut after it instead
                 size += 1 + len(fence.close_line)
-            if size > self.limit:
-                continue
-            cuts.append(_Cut(start, next_start, size, kind, fence))
+            if size <= self.limit:
+                cuts.append(_Cut(start, next_start, size, min(len(breaks), 2), fence))
         return cuts
 
-    def hard_cuts(self) -> list[_Cut]:
-        body = self.body
-        cuts: list[_Cut] = []
-        top = min(len(body) - 1, self.limit)
-        for pos in range(len(self.carry) + 1, top + 1):
-            if not _char_boundary(body, pos):
+    def hard_cut(self) -> _Cut:
+        """The longest fitting cut at any character boundary (a word longer than a message)."""
+        floor = len(self.carry) + 1
+        lo, hi = floor, min(len(self.body) - 1, self.limit)
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            pos = mid
+            while pos >= lo and not _char_boundary(self.body, pos):
+                pos -= 1
+            if pos < lo:
+                lo = mid + 1
                 continue
-            fence = self._fence_at(pos)
-            if fence is not None and pos < fence.content_start:
-                fence = None
-            size = self._utf16(pos) + (1 + len(fence.close_line) if fence else 0)
-            if size > self.limit:
-                continue
-            cuts.append(_Cut(pos, pos, size, -1, fence))
-        return cuts
+            cut = self._hard_cut_at(pos)
+            if cut.size <= self.limit and self.fits(cut):
+                best = cut
+                lo = mid + 1
+            else:
+                hi = pos - 1
+        if best is not None:
+            return best
+        # Not even one character fits (an absurdly small limit): still make progress.
+        pos = floor
+        while pos < len(self.body) - 1 and not _char_boundary(self.body, pos):
+            pos += 1
+        return self._hard_cut_at(min(pos, len(self.carry) + len(self.text)))
 
-    # -- decision
+    def _hard_cut_at(self, pos: int) -> _Cut:
+        fence = self._fence_at(pos)
+        if fence is not None and pos < fence.content_start:
+            fence = None
+        size = self._utf16(pos) + (1 + len(fence.close_line) if fence else 0)
+        return _Cut(pos, pos, size, -1, fence)
+
+    # -- fit
 
     def markdown(self, cut: _Cut) -> str:
         piece = self.body[: cut.start]
@@ -656,10 +731,30 @@ class _Splitter:
     def fits(self, cut: _Cut) -> bool:
         verdict = self.verdicts.get(cut.start)
         if verdict is None:
-            html = render_html(self.markdown(cut))
-            verdict = bool(html) and utf16_len(html) <= self.limit
+            composed = self._composed_fits(cut) if self.composable else None
+            verdict = self.really_fits(cut) if composed is None else composed
             self.verdicts[cut.start] = verdict
         return verdict
+
+    def really_fits(self, cut: _Cut) -> bool:
+        return utf16_len(render_html(self.markdown(cut))) <= self.limit
+
+    def _composed_fits(self, cut: _Cut) -> bool | None:
+        """Fit of the piece from the blocks before the cut plus a render of the cut block.
+
+        Top-level blocks render independently of each other, so this is what rendering
+        the whole piece gives; `first_piece` still renders its final choice in full.
+        """
+        j = bisect_right(self.block_ends, cut.start)
+        tail_start = self.block_starts[j] if j < len(self.block_starts) else cut.start
+        if tail_start > cut.start:
+            return None
+        tail = self.body[tail_start : cut.start]
+        tail_html = render_html(tail + "\n" + cut.fence.close_line if cut.fence else tail)
+        size = self.before_size[j] + utf16_len(tail_html)
+        if self.before_count[j] and tail_html:
+            size += 2  # the blank line between blocks
+        return size <= self.limit
 
     def piece(self, cut: _Cut) -> Piece:
         end = cut.next_start - len(self.carry)
@@ -678,19 +773,31 @@ def _char_boundary(text: str, pos: int) -> bool:
         return False
     if before == "\u200d" or after == "\u200d":
         return False  # inside a ZWJ emoji sequence
+    if unicodedata.combining(before) == 9:
+        return False  # a virama joins the next consonant into one conjunct
     code = ord(after)
     if 0xFE00 <= code <= 0xFE0F or 0x1F3FB <= code <= 0x1F3FF or 0xE0000 <= code <= 0xE01EF:
         return False  # variation selector, skin tone, tag: part of the previous character
-    return not unicodedata.combining(after) and unicodedata.category(after) not in ("Mn", "Me")
+    if _is_regional(after) and _is_regional(before):
+        # Flags are pairs of regional indicators: cut only between pairs.
+        run = pos - 1
+        while run > 0 and _is_regional(text[run - 1]):
+            run -= 1
+        return (pos - run) % 2 == 0
+    return unicodedata.category(after) not in ("Mn", "Mc", "Me")
 
 
-def _last_fitting(cuts: Sequence[_Cut], fits: Callable[[_Cut], bool]) -> _Cut | None:
+def _is_regional(ch: str) -> bool:
+    return "\U0001f1e6" <= ch <= "\U0001f1ff"
+
+
+def _last_fitting(cuts: Sequence[_Cut], window: _Window) -> _Cut | None:
     """Binary search for the last cut that fits (a longer prefix renders longer)."""
     best = None
     lo, hi = 0, len(cuts) - 1
     while lo <= hi:
         mid = (lo + hi) // 2
-        if fits(cuts[mid]):
+        if window.fits(cuts[mid]):
             best = cuts[mid]
             lo = mid + 1
         else:
@@ -698,50 +805,45 @@ def _last_fitting(cuts: Sequence[_Cut], fits: Callable[[_Cut], bool]) -> _Cut | 
     return best
 
 
+def _preferred(window: _Window, cuts: list[_Cut], threshold: int, upto: int) -> _Cut | None:
+    """The last fitting paragraph boundary, else line break, at least `threshold` long."""
+    for kinds in ((2,), (1, 2)):
+        eligible = [c for c in cuts if c.kind in kinds and threshold <= c.size and c.start <= upto]
+        chosen = _last_fitting(eligible, window)
+        if chosen is not None:
+            return chosen
+    return None
+
+
+def _choose(window: _Window) -> _Cut:
+    breaks = window.whitespace_cuts(breaks_only=True)
+    chosen = _preferred(window, breaks, window.limit // 2, len(window.body))
+    if chosen is not None:
+        return chosen
+    widest = _last_fitting(window.whitespace_cuts(breaks_only=False), window)
+    if widest is not None:
+        # Escaping can make the HTML much longer than the Markdown: judge "long enough"
+        # against the longest piece that actually fits.
+        return _preferred(window, breaks, widest.size // 2, widest.start) or widest
+    return window.hard_cut()
+
+
 def _fits(markdown: str, limit: int) -> bool:
     return utf16_len(markdown) <= limit and utf16_len(render_html(markdown)) <= limit
 
 
-def first_piece(
-    text: str, *, carry: str = "", limit: int = TELEGRAM_TEXT_LIMIT
-) -> Piece | None:
+def first_piece(text: str, *, carry: str = "", limit: int = TELEGRAM_TEXT_LIMIT) -> Piece | None:
     """None when `carry + text` fits one message, else the first message-sized piece of it."""
     if len(carry) + len(text) <= limit and _fits(carry + text, limit):
         return None
-    splitter = _Splitter(text, carry, limit)
-    cuts = splitter.whitespace_cuts(breaks_only=True)
-
-    def prefer(threshold: int, upto: int) -> _Cut | None:
-        # A paragraph boundary, else a line break, if the piece is not too short.
-        for kinds in ((2,), (1, 2)):
-            chosen = _last_fitting(
-                [c for c in cuts if c.kind in kinds and threshold <= c.size and c.start <= upto],
-                splitter.fits,
-            )
-            if chosen is not None:
-                return chosen
-        return None
-
-    chosen = prefer(limit // 2, len(splitter.body))
-    if chosen is None:
-        widest = _last_fitting(splitter.whitespace_cuts(breaks_only=False), splitter.fits)
-        if widest is not None:
-            # Escaping can make the HTML much longer than the Markdown: judge "long enough"
-            # against the longest piece that actually fits.
-            chosen = prefer(widest.size // 2, widest.start) or widest
-    if chosen is None:
-        hard = splitter.hard_cuts()
-        chosen = _last_fitting(hard, splitter.fits)
-        if chosen is None:
-            if not hard:
-                hard = [
-                    _Cut(pos, pos, 0, -1, None)
-                    for pos in range(len(carry) + 1, len(splitter.body))
-                    if _char_boundary(splitter.body, pos)
-                ] or [_Cut(len(carry) + 1, len(carry) + 1, 0, -1, None)]
-            # Not even one character fits (an absurdly small limit): still make progress.
-            chosen = hard[0]
-    return splitter.piece(chosen)
+    window = _Window(text, carry, limit)
+    cut = _choose(window)
+    if window.composable and not window.really_fits(cut):
+        # The shortcut disagreed with a real render: decide again, rendering every try.
+        window.composable = False
+        window.verdicts.clear()
+        cut = _choose(window)
+    return window.piece(cut)
 
 
 def split_markdown(text: str, *, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]:

@@ -232,7 +232,8 @@ class TelegramReplyWriter:
         cur = self._state.current
         if cur is not None and cur.content == html:
             return True
-        attempts = self._options.final_attempts if final else 1
+        # Intermediate edits get one retry, for the plain-text fallback or a deleted message.
+        attempts = self._options.final_attempts if final else 2
         plain = False
         for attempt in range(attempts):
             content = markdown.strip() if plain else html
