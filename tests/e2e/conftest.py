@@ -75,29 +75,33 @@ class BotHarness:
         """Visible texts of the bot's live messages in a chat, in order."""
         return [m.text for m in self.tg.messages(chat_id) if not m.deleted]
 
-    async def wait_text(self, chat_id: int, text: str, timeout: float = 10) -> SentMessage:
+    async def wait_text(self, chat_id: int, text: str, within: float = 10) -> SentMessage:
         """Wait until a bot message in the chat shows exactly `text`."""
         await self.tg.wait_for(
             lambda t: any(m.text == text for m in t.messages(chat_id) if not m.deleted),
-            timeout=timeout,
+            timeout=within,
         )
         return next(m for m in self.tg.messages(chat_id) if m.text == text and not m.deleted)
 
     async def wait_messages(
-        self, chat_id: int, predicate: Callable[[list[str]], bool], timeout: float = 10
+        self, chat_id: int, predicate: Callable[[list[str]], bool], within: float = 10
     ) -> list[str]:
         """Wait until the chat's live bot texts satisfy `predicate`; return them."""
-        await self.tg.wait_for(lambda t: predicate(self.texts(chat_id)), timeout=timeout)
+        await self.tg.wait_for(lambda t: predicate(self.texts(chat_id)), timeout=within)
         return self.texts(chat_id)
 
-    async def idle(self, timeout: float = 10) -> None:
-        """Wait until no update is being handled."""
+    async def idle(self, within: float = 10) -> None:
+        """Wait until no update is queued or being handled."""
+
+        def busy() -> bool:
+            return self.app is None or bool(self.app.tracker.tasks or self.tg.pending_updates())
+
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         while loop.time() < deadline:
-            if self.app is not None and not self.app.tracker.tasks and not self.tg.pending_updates():
-                await asyncio.sleep(0.05)
-                if not self.app.tracker.tasks:
+            if not busy():
+                await asyncio.sleep(0.05)  # an update may be between getUpdates and dispatch
+                if not busy():
                     return
             await asyncio.sleep(0.02)
         raise AssertionError("bot still busy")

@@ -8,7 +8,7 @@ from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import Disconnect, Error, Hang, Stream
 
 CHAT = 1001
-PARSE_ERROR = "Bad Request: can't parse entities: Unsupported start tag \"x\" at byte offset 0"
+PARSE_ERROR = 'Bad Request: can\'t parse entities: Unsupported start tag "x" at byte offset 0'
 GROUP = -100500
 
 
@@ -17,9 +17,7 @@ def history_of(body: dict) -> list[tuple[str, str]]:
 
 
 async def test_private_answer_streams_into_one_message_and_ends_formatted(bot: BotHarness) -> None:
-    bot.llm.enqueue(
-        Stream(["Here is ", "**bold** ", "and `code`", " and *italics*."], delay=0.05)
-    )
+    bot.llm.enqueue(Stream(["Here is ", "**bold** ", "and `code`", " and *italics*."], delay=0.05))
     bot.tg.user_message(chat_id=CHAT, text="Hello!")
     msg = await bot.wait_text(CHAT, "Here is bold and code and italics.")
     assert bot.tg.calls_to("sendChatAction", CHAT), "typing… was not shown"
@@ -102,8 +100,13 @@ async def test_group_answers_only_when_addressed_and_replies_to_the_asker(
         chat_id=GROUP, chat_type="supergroup", chat_title="Team", text="/help@other_bot"
     )
     bot.tg.user_message(
-        chat_id=GROUP, chat_type="supergroup", text="hello", is_bot=True, user_id=777,
-        first_name="OtherBot", username="other_bot",
+        chat_id=GROUP,
+        chat_type="supergroup",
+        text="hello",
+        is_bot=True,
+        user_id=777,
+        first_name="OtherBot",
+        username="other_bot",
     )
     bot.llm.enqueue(Stream(["Four."]))
     asked = bot.tg.user_message(
@@ -150,8 +153,9 @@ async def test_long_answer_continues_in_further_messages(bot: BotHarness) -> Non
     bot.llm.enqueue(Stream([text[i : i + 500] for i in range(0, len(text), 500)], delay=0.01))
     bot.tg.user_message(chat_id=CHAT, text="Write a lot")
     texts = await bot.wait_messages(
-        CHAT, lambda t: "Paragraph 39" in "".join(t) and t[-1].rstrip().endswith("amet"),
-        timeout=30,
+        CHAT,
+        lambda t: "Paragraph 39" in "".join(t) and t[-1].rstrip().endswith("amet"),
+        within=30,
     )
     await bot.idle()
     texts = bot.texts(CHAT)
@@ -167,7 +171,7 @@ async def test_cut_code_block_is_reopened_in_the_next_message(bot: BotHarness) -
     answer = f"Here you go:\n\n```python\n{code}\n```\n\nDone."
     bot.llm.enqueue(Stream([answer[i : i + 700] for i in range(0, len(answer), 700)]))
     bot.tg.user_message(chat_id=CHAT, text="code please")
-    await bot.wait_messages(CHAT, lambda t: bool(t) and t[-1].endswith("Done."), timeout=30)
+    await bot.wait_messages(CHAT, lambda t: bool(t) and t[-1].endswith("Done."), within=30)
     messages = [m for m in bot.tg.messages(CHAT) if not m.deleted]
     assert len(messages) >= 2
     for m in messages:
@@ -204,10 +208,15 @@ async def test_flood_control_retry_after_is_honoured_and_final_text_complete(
 ) -> None:
     words = [f"word{i} " for i in range(60)]
     bot.llm.enqueue(Stream(words, delay=0.04))
-    bot.tg.fail_next("editMessageText", status=429, description="Too Many Requests: retry after 2",
-                     retry_after=2, chat_id=CHAT)
+    bot.tg.fail_next(
+        "editMessageText",
+        status=429,
+        description="Too Many Requests: retry after 2",
+        retry_after=2,
+        chat_id=CHAT,
+    )
     bot.tg.user_message(chat_id=CHAT, text="count")
-    await bot.wait_text(CHAT, "".join(words).strip(), timeout=20)
+    await bot.wait_text(CHAT, "".join(words).strip(), within=20)
     assert bot.tg.flood.violations == 0
     edits = [c for c in bot.tg.calls_to("editMessageText", CHAT)]
     rejected = [c for c in edits if c.status == 429]
@@ -227,7 +236,7 @@ async def test_not_modified_is_harmless(bot: BotHarness) -> None:
     words = [f"w{i} " for i in range(30)]
     bot.llm.enqueue(Stream(words, delay=0.05))
     bot.tg.user_message(chat_id=CHAT, text="go")
-    await bot.wait_text(CHAT, "".join(words).strip(), timeout=15)
+    await bot.wait_text(CHAT, "".join(words).strip(), within=15)
 
 
 async def test_deleted_message_continues_in_a_new_one(bot: BotHarness) -> None:
@@ -285,7 +294,7 @@ async def test_hanging_backend_times_out_with_a_clear_message(harness: BotHarnes
     await harness.start(llm_first_token_timeout=1.0, llm_idle_timeout=1.0, llm_max_retries=0)
     harness.llm.enqueue(Hang())
     harness.tg.user_message(chat_id=CHAT, text="anyone?")
-    texts = await harness.wait_messages(CHAT, lambda t: len(t) == 1, timeout=10)
+    texts = await harness.wait_messages(CHAT, lambda t: len(t) == 1, within=10)
     assert "too long" in texts[0]
 
 
@@ -298,7 +307,7 @@ async def test_concurrent_chats_are_served_at_the_same_time(bot: BotHarness) -> 
     loop = asyncio.get_running_loop()
     started = loop.time()
     for chat in chats:
-        await bot.wait_text(chat, expected, timeout=20)
+        await bot.wait_text(chat, expected, within=20)
     # eight one-second answers in parallel, not one after another
     assert loop.time() - started < 6
     assert bot.tg.flood.violations == 0
@@ -330,9 +339,18 @@ async def test_access_is_restricted_to_allowed_users_and_owners(harness: BotHarn
 
 
 async def test_non_text_messages_get_a_note_and_edits_are_not_answered(bot: BotHarness) -> None:
-    bot.tg.user_message(chat_id=CHAT, sticker={"file_id": "x", "file_unique_id": "y",
-                                               "type": "regular", "width": 512, "height": 512,
-                                               "is_animated": False, "is_video": False})
+    bot.tg.user_message(
+        chat_id=CHAT,
+        sticker={
+            "file_id": "x",
+            "file_unique_id": "y",
+            "type": "regular",
+            "width": 512,
+            "height": 512,
+            "is_animated": False,
+            "is_video": False,
+        },
+    )
     texts = await bot.wait_messages(CHAT, lambda t: len(t) == 1)
     assert "text" in texts[0]
     bot.llm.enqueue(Stream(["answer"]))

@@ -1,0 +1,210 @@
+"""The chat service on a real SQLite file and a fake backend over HTTP, with a recording sink."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot import texts
+from bot.db import create_sessionmaker
+from bot.db.repositories import NewTurn, TurnRepository
+from bot.llm.client import LLMClient, RetryPolicy
+from bot.services.chat import ChatConfig, ChatRequest, ChatService
+from bot.services.tokens import TokenCounter
+from tests.fakes.openai import Disconnect, Error, FakeLLM, Stream
+
+
+@dataclass
+class RecordingSink:
+    """Collects what the service shows, as a Telegram writer would."""
+
+    pushed: list[str] = field(default_factory=list)
+    finished: bool = False
+    note: str | None = None
+    failure: str | None = None
+
+    async def start(self) -> None:
+        pass
+
+    def push(self, text: str) -> None:
+        self.pushed.append(text)
+
+    async def finish(self, *, note: str | None = None) -> bool:
+        self.finished, self.note = True, note
+        return True
+
+    async def fail(self, message: str) -> None:
+        self.failure = message
+
+    @property
+    def shown(self) -> bool:
+        return bool(self.pushed)
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with FakeLLM(api_key=None) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def sessions(sqlite_engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(sqlite_engine)
+
+
+def make_service(
+    sessions: async_sessionmaker[AsyncSession],
+    llm: FakeLLM,
+    http: httpx.AsyncClient,
+    **config: object,
+) -> ChatService:
+    values: dict[str, object] = {
+        "default_model": "gpt-4o-mini",
+        "system_prompt": "You are helpful.",
+        "max_tokens": 100,
+        "temperature": None,
+        "history_token_budget": 10_000,
+        "context_window": 32_000,
+        **config,
+    }
+    client = LLMClient(
+        http=http, base_url=llm.base_url, api_key=None, retry=RetryPolicy(max_retries=0)
+    )
+    return ChatService(
+        sessions=sessions,
+        llm=client,
+        tokens=TokenCounter(),
+        config=ChatConfig(**values),  # type: ignore[arg-type]
+    )
+
+
+def request(text_: str, *, message_id: int = 1, chat_id: int = 10) -> ChatRequest:
+    return ChatRequest(
+        chat_id=chat_id,
+        chat_type="private",
+        chat_title=None,
+        user_id=7,
+        user_full_name="Ann",
+        username="ann",
+        language_code="en",
+        text=text_,
+        message_id=message_id,
+    )
+
+
+async def usage_rows(sessions: async_sessionmaker[AsyncSession]) -> list[dict[str, object]]:
+    async with sessions() as s:
+        rows = await s.execute(
+            text(
+                "select status, prompt_tokens, completion_tokens, estimated, finish_reason "
+                "from usage_records order by id"
+            )
+        )
+        return [dict(r._mapping) for r in rows]
+
+
+async def test_history_is_trimmed_to_the_budget_newest_first(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http, history_token_budget=300, max_tokens=None)
+    counter = TokenCounter()
+    async with sessions() as s, s.begin():
+        await s.execute(
+            text(
+                "insert into chats (id, type, created_at, updated_at) values (10, 'private', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
+        turns = []
+        for i in range(60):
+            content = f"turn number {i} " + "blah " * 15
+            role = "user" if i % 2 == 0 else "assistant"
+            turns.append(NewTurn(role=role, content=content, tokens=counter.count(content)))
+        await TurnRepository(s).add(chat_id=10, turns=turns)
+    llm.enqueue(Stream(["ok"]))
+    await service.reply(request=request("newest question"), sink=RecordingSink())
+    messages = llm.chat_requests[0]["messages"]
+    assert messages[0]["role"] == "system"
+    assert messages[1]["role"] == "user"  # history never starts with an assistant turn
+    assert messages[-1]["content"] == "newest question"
+    assert messages[-2]["content"].startswith("turn number 59 ")
+    total = sum(counter.count(m["content"]) + 4 for m in messages) + 3
+    assert total <= 300
+    assert len(messages) < 30  # the oldest turns were dropped
+
+
+async def test_message_too_long_for_the_budget_costs_nothing(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http, history_token_budget=100)
+    sink = RecordingSink()
+    outcome = await service.reply(request=request("word " * 500), sink=sink)
+    assert outcome.status == "rejected"
+    assert sink.failure is not None and "too long" in sink.failure
+    assert llm.chat_requests == []
+
+
+async def test_usage_is_recorded_once_real_or_estimated(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http)
+    llm.enqueue(
+        Stream(["Hello ", "there"], usage="separate", prompt_tokens=11, completion_tokens=2),
+        Stream(["Zero ", "usage"], usage="zeros"),
+        Error.server_error(),
+        Disconnect(["Half an "]),
+    )
+    for i in range(4):
+        await service.reply(request=request(f"q{i}", message_id=i + 1), sink=RecordingSink())
+    rows = await usage_rows(sessions)
+    assert [r["status"] for r in rows] == ["ok", "ok", "error", "interrupted"]
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"], rows[0]["estimated"]) == (
+        11,
+        2,
+        False,
+    )
+    assert rows[1]["estimated"] and rows[1]["prompt_tokens"] > 0
+    assert rows[1]["completion_tokens"] == 2  # "Zero usage"
+    assert rows[3]["estimated"] and rows[3]["completion_tokens"] > 0
+
+
+async def test_redelivered_message_is_not_answered_twice(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http)
+    llm.enqueue(Stream(["once"]))
+    await service.reply(request=request("hi", message_id=5), sink=RecordingSink())
+    outcome = await service.reply(request=request("hi", message_id=5), sink=RecordingSink())
+    assert outcome.status == "duplicate"
+    assert len(llm.chat_requests) == 1
+
+
+async def test_context_length_error_tells_the_user_to_reset(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http)
+    llm.enqueue(Error.context_length_exceeded(4096, 5000))
+    sink = RecordingSink()
+    await service.reply(request=request("hi"), sink=sink)
+    assert sink.failure == texts.ERR_CONTEXT
+
+
+async def test_length_finish_reason_is_flagged(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http)
+    llm.enqueue(Stream(["cut"], finish_reason="length"))
+    sink = RecordingSink()
+    await service.reply(request=request("hi"), sink=sink)
+    assert sink.finished and sink.note == texts.TRUNCATED

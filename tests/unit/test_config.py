@@ -1,0 +1,96 @@
+"""Settings validation: clear one-line errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, Settings, load_settings
+
+TOKEN = "123456:ABCDEF"
+
+
+def load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> Settings:
+    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's directory
+    for key in list(Settings.model_fields):
+        monkeypatch.delenv(key.upper(), raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN)
+    assert s.llm_base_url == "https://proxy.gonka.gg/v1"
+    assert s.llm_model == "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"
+    assert s.telegram_api_url == "https://api.telegram.org"
+    assert s.database_url == "sqlite+aiosqlite:///data/bot.db"
+    assert s.owner_ids == [] and s.allowed_user_ids == [] and s.allowed_chat_ids == []
+    assert s.llm_api_key is None
+
+
+def test_missing_token_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(monkeypatch, tmp_path)
+    assert str(err.value) == "BOT_TOKEN: is required but not set"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"BOT_TOKEN": "not-a-token"}, "BOT_TOKEN"),
+        ({"BOT_TOKEN": TOKEN, "OWNER_IDS": "12,abc"}, "OWNER_IDS"),
+        ({"BOT_TOKEN": TOKEN, "LLM_BASE_URL": "proxy.gonka.gg/v1"}, "LLM_BASE_URL"),
+        ({"BOT_TOKEN": TOKEN, "TEMPERATURE": "3"}, "TEMPERATURE"),
+        ({"BOT_TOKEN": TOKEN, "LLM_IDLE_TIMEOUT": "soon"}, "LLM_IDLE_TIMEOUT"),
+        ({"BOT_TOKEN": TOKEN, "DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(monkeypatch, tmp_path, **env)
+    message = str(err.value)
+    assert message.startswith(f"{variable}: ")
+    assert "\n" not in message
+    assert TOKEN not in message
+
+
+def test_lists_urls_and_drivers_are_normalised(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    s = load(
+        monkeypatch,
+        tmp_path,
+        BOT_TOKEN=TOKEN,
+        OWNER_IDS=" 1, 2 ,3",
+        ALLOWED_CHAT_IDS="-100123",
+        LLM_BASE_URL="http://127.0.0.1:8000/v1/",
+        DATABASE_URL="postgresql://bot@db/bot",
+        LLM_API_KEY="  ",
+        TEMPERATURE="",
+        MAX_TOKENS="0",
+    )
+    assert s.owner_ids == [1, 2, 3]
+    assert s.allowed_chat_ids == [-100123]
+    assert s.llm_base_url == "http://127.0.0.1:8000/v1"
+    assert s.database_url == "postgresql+asyncpg://bot@db/bot"
+    assert s.llm_api_key is None
+    assert s.temperature is None
+    assert s.max_tokens is None
+
+
+def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"BOT_TOKEN={TOKEN}\nLLM_MODEL=gpt-4o-mini\n")
+    s = load(monkeypatch, tmp_path)
+    assert s.llm_model == "gpt-4o-mini"
+    assert s.bot_token.get_secret_value() == TOKEN
+    assert TOKEN not in repr(s)
+
+
+def test_env_example_documents_every_setting() -> None:
+    example = (Path(__file__).parents[2] / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert f"{name.upper()}=" in example, f"{name.upper()} is not in .env.example"
