@@ -21,7 +21,7 @@ from bot.db.engine import create_engine, create_sessionmaker, migrate
 from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
 from bot.services.chat import ChatConfig, ChatService
 from bot.services.tokens import TokenCounter
-from bot.telegram.handlers import chat, common
+from bot.telegram.handlers import chat, common, errors
 from bot.telegram.middlewares import AccessMiddleware, ChatSequencer, InflightTracker
 from bot.telegram.pacing import FloodGate
 from bot.telegram.replies import Replies
@@ -102,6 +102,7 @@ async def build_app(settings: Settings) -> App:
     )
     dispatcher.message.middleware(access)
     dispatcher.callback_query.middleware(access)
+    dispatcher.include_router(errors.build_router())
     # The conversation router catches every remaining message, so it goes last.
     dispatcher.include_routers(common.build_router(), chat.build_router())
     app = App(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot import texts
@@ -170,17 +171,21 @@ class ChatService:
             status = "error"
         usage = self._usage(end.usage if end else None, prompt, answer, status)
         finish_reason = end.finish_reason if end else None
-        await self._store(
-            request=request,
-            model=model,
-            user_content=request.text,
-            answer=answer if has_text else "",
-            usage=usage,
-            status=status,
-            finish_reason=finish_reason,
-            latency_ms=latency_ms,
-            error=_short_error(failure),
-        )
+        try:
+            await self._store(
+                request=request,
+                model=model,
+                user_content=request.text,
+                answer=answer if has_text else "",
+                usage=usage,
+                status=status,
+                finish_reason=finish_reason,
+                latency_ms=latency_ms,
+                error=_short_error(failure),
+            )
+        except SQLAlchemyError:
+            # The user still gets the answer; the operator sees why history/usage is missing.
+            logger.exception("chat %s: could not store the turn and its usage", request.chat_id)
         logger.info(
             "answer chat=%s model=%s prompt_tokens=%s completion_tokens=%s estimated=%s "
             "latency_ms=%s first_token_ms=%s finish=%s status=%s",

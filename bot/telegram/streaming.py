@@ -275,6 +275,9 @@ class TelegramReplyWriter:
                 if not final:
                     return False
                 await self._sleep(self._backoff(attempt))
+            except TelegramAPIError as exc:
+                logger.error("chat %s: unexpected Telegram error: %s", self._chat_id, exc)
+                return False
         logger.error("chat %s: gave up delivering after %s attempts", self._chat_id, attempts)
         return False
 

@@ -46,10 +46,12 @@ class BotHarness:
         }
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
-    async def start(self, **overrides: Any) -> App:
-        """Build the app from settings and start polling."""
+    async def start(self, prepare: Callable[[App], None] | None = None, **overrides: Any) -> App:
+        """Build the app from settings (then let `prepare` adjust it) and start polling."""
         assert self.task is None, "already running"
         self.app = await build_app(self.settings(**overrides))
+        if prepare is not None:
+            prepare(self.app)
         self.task = asyncio.create_task(serve(self.app, handle_signals=False, polling_timeout=2))
         await self.tg.wait_for(lambda t: bool(t.calls_to("getUpdates")), timeout=10)
         return self.app

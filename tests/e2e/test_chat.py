@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from bot.app import App
 from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import Disconnect, Error, Hang, Stream
 
@@ -365,3 +366,17 @@ async def test_non_text_messages_get_a_note_and_edits_are_not_answered(bot: BotH
     await asyncio.sleep(0.3)
     assert len(bot.llm.chat_requests) == 1
     assert len(bot.texts(CHAT)) == 2
+
+
+async def test_unexpected_failure_is_reported_not_silent(harness: BotHarness) -> None:
+    class BrokenService:
+        async def reply(self, **_: object) -> None:
+            raise RuntimeError("boom")
+
+    def break_chat(app: App) -> None:
+        app.dispatcher["chat_service"] = BrokenService()
+
+    await harness.start(prepare=break_chat)
+    harness.tg.user_message(chat_id=CHAT, text="hello")
+    texts = await harness.wait_messages(CHAT, lambda t: len(t) == 1)
+    assert "went wrong" in texts[0]
