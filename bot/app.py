@@ -19,9 +19,13 @@ from bot import texts
 from bot.config import Settings
 from bot.db.engine import create_engine, create_sessionmaker, migrate
 from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
+from bot.llm.images import ImageClient
 from bot.services.chat import ChatConfig, ChatService
+from bot.services.images import ImageConfig, ImageService
+from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
-from bot.telegram.handlers import chat, common, errors
+from bot.services.usage import BudgetService, Limits, UsagePolicy, UsageService
+from bot.telegram.handlers import chat, common, errors, image, model, usage
 from bot.telegram.middlewares import AccessMiddleware, ChatSequencer, InflightTracker
 from bot.telegram.pacing import FloodGate
 from bot.telegram.replies import Replies
@@ -66,10 +70,37 @@ async def build_app(settings: Settings) -> App:
         ),
         retry=RetryPolicy(max_retries=settings.llm_max_retries),
     )
+    model_service = ModelService(
+        sessions=sessions,
+        llm=llm,
+        default_model=settings.llm_model,
+        allowed=settings.llm_models,
+        cache_seconds=settings.models_cache_seconds,
+    )
+    usage_policy = UsagePolicy(
+        prices=settings.price_list(),
+        timezone=settings.usage_tzinfo(),
+        user_limits=Limits(
+            daily_tokens=settings.user_daily_tokens,
+            monthly_tokens=settings.user_monthly_tokens,
+            daily_cost=settings.user_daily_cost,
+            monthly_cost=settings.user_monthly_cost,
+        ),
+        bot_limits=Limits(
+            daily_tokens=settings.bot_daily_tokens,
+            monthly_tokens=settings.bot_monthly_tokens,
+            daily_cost=settings.bot_daily_cost,
+            monthly_cost=settings.bot_monthly_cost,
+        ),
+        exempt_user_ids=frozenset(settings.owner_ids),
+    )
+    usage_service = UsageService(sessions=sessions, policy=usage_policy)
     chat_service = ChatService(
         sessions=sessions,
         llm=llm,
         tokens=TokenCounter(),
+        budgets=BudgetService(sessions=sessions, policy=usage_policy),
+        context_window_for=model_service.context_window,
         config=ChatConfig(
             default_model=settings.llm_model,
             system_prompt=settings.system_prompt,
@@ -77,6 +108,25 @@ async def build_app(settings: Settings) -> App:
             temperature=settings.temperature,
             history_token_budget=settings.history_token_budget,
             context_window=settings.context_window,
+        ),
+    )
+    image_service = ImageService(
+        sessions=sessions,
+        images=ImageClient(
+            http=http,
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+            timeout=settings.image_timeout,
+            connect_timeout=settings.llm_connect_timeout,
+            retry=RetryPolicy(max_retries=settings.llm_max_retries),
+        ),
+        config=ImageConfig(
+            model=settings.image_model,
+            api=settings.image_api,
+            size=settings.image_size,
+            cooldown_seconds=settings.image_cooldown_seconds,
+            daily_limit=settings.image_daily_limit,
+            exempt_user_ids=frozenset(settings.owner_ids),
         ),
     )
 
@@ -90,6 +140,9 @@ async def build_app(settings: Settings) -> App:
     tracker = InflightTracker()
     dispatcher = Dispatcher(
         chat_service=chat_service,
+        image_service=image_service,
+        usage_service=usage_service,
+        model_service=model_service,
         replies=Replies(bot=bot, gate=gate),
         settings=settings,
     )
@@ -104,7 +157,13 @@ async def build_app(settings: Settings) -> App:
     dispatcher.callback_query.middleware(access)
     dispatcher.include_router(errors.build_router())
     # The conversation router catches every remaining message, so it goes last.
-    dispatcher.include_routers(common.build_router(), chat.build_router())
+    dispatcher.include_routers(
+        common.build_router(),
+        model.build_router(),
+        usage.build_router(),
+        image.build_router(),
+        chat.build_router(),
+    )
     app = App(
         settings=settings,
         engine=engine,
@@ -115,6 +174,10 @@ async def build_app(settings: Settings) -> App:
     )
     dispatcher["app"] = app
     dispatcher.startup.register(_on_startup)
+    # Knowing context sizes early sets the right history budget before anyone runs /model.
+    dispatcher.startup.register(model_service.warm_up)
+    # Before _on_shutdown closes the HTTP client the list may still be loading through.
+    dispatcher.shutdown.register(model_service.close)
     dispatcher.shutdown.register(_on_shutdown)
     return app
 
@@ -137,7 +200,12 @@ async def _on_startup(app: App) -> None:
     try:
         await app.bot.delete_webhook(drop_pending_updates=False)
         await app.bot.set_my_commands(
-            [BotCommand(command=c, description=d) for c, d in texts.COMMANDS]
+            [
+                BotCommand(command=c, description=d)
+                for c, d in texts.COMMANDS
+                # /image is left out of the menu while no image model is configured.
+                if c != "image" or app.settings.image_model
+            ]
         )
     except TelegramAPIError as exc:
         logger.warning("could not register the command menu: %s", exc)

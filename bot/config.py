@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import json
+import re
+from datetime import UTC, tzinfo
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.pricing import Price, PriceList
 
 IdList = Annotated[list[int], NoDecode]
 StrList = Annotated[list[str], NoDecode]
@@ -36,6 +42,10 @@ class Settings(BaseSettings):
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_tokens: int | None = Field(default=2048, ge=0)  # 0: let the backend decide
     temperature: float | None = Field(default=None, ge=0, le=2)
+    # Models chats may choose with /model (empty: every chat model the backend lists), and how
+    # long the backend's model list is cached, in seconds.
+    llm_models: StrList = []
+    models_cache_seconds: float = Field(default=300.0, ge=0)
 
     llm_connect_timeout: float = Field(default=10.0, gt=0)
     llm_first_token_timeout: float = Field(default=60.0, gt=0)
@@ -48,11 +58,39 @@ class Settings(BaseSettings):
     history_token_budget: int = Field(default=12000, gt=0)
     context_window: int = Field(default=32768, gt=0)
 
+    # /image: the model that draws (empty: /image is off), how to ask it (auto: chat
+    # completions for akashchat's AkashGen, else the images API), the size asked for, seconds
+    # one image may take, and the per-user pace (0 turns a limit off; owners are exempt).
+    image_model: str = ""
+    image_api: Literal["auto", "images", "chat"] = "auto"
+    image_size: str = "1024x1024"
+    image_timeout: float = Field(default=180.0, gt=0)
+    image_cooldown_seconds: int = Field(default=30, ge=0)
+    image_daily_limit: int = Field(default=10, ge=0)
+
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
 
     owner_ids: IdList = []
     allowed_user_ids: IdList = []
     allowed_chat_ids: IdList = []
+
+    # Prices (shown as US dollars) per million prompt and completion tokens and per image, and
+    # models priced differently, as JSON; fields a model leaves out take the defaults.
+    price_prompt_per_million: float = Field(default=0.0, ge=0)
+    price_completion_per_million: float = Field(default=0.0, ge=0)
+    price_per_image: float = Field(default=0.0, ge=0)
+    model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = {}
+    # Budgets for each user and for the whole bot; empty or 0 means unlimited. Owners are never
+    # stopped. Days and months begin at midnight in USAGE_TIMEZONE (an IANA name).
+    user_daily_tokens: int | None = Field(default=None, ge=0)
+    user_monthly_tokens: int | None = Field(default=None, ge=0)
+    user_daily_cost: float | None = Field(default=None, ge=0)
+    user_monthly_cost: float | None = Field(default=None, ge=0)
+    bot_daily_tokens: int | None = Field(default=None, ge=0)
+    bot_monthly_tokens: int | None = Field(default=None, ge=0)
+    bot_daily_cost: float | None = Field(default=None, ge=0)
+    bot_monthly_cost: float | None = Field(default=None, ge=0)
+    usage_timezone: str = "UTC"
 
     edit_interval_private: float = Field(default=1.0, gt=0)
     edit_interval_group: float = Field(default=3.0, gt=0)
@@ -71,6 +109,30 @@ class Settings(BaseSettings):
                 raise ValueError("expected comma-separated integers, e.g. 123,456") from None
         if isinstance(value, int):
             return [value]
+        return value
+
+    @field_validator("llm_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("image_model", "image_api", "image_size", mode="before")
+    @classmethod
+    def _strip(cls, value: Any) -> Any:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("image_api", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("image_size")
+    @classmethod
+    def _check_size(cls, value: str) -> str:
+        if value != "auto" and not re.fullmatch(r"[1-9]\d{1,4}x[1-9]\d{1,4}", value):
+            raise ValueError("expected WIDTHxHEIGHT, e.g. 1024x1024 (or auto)")
         return value
 
     @field_validator("max_tokens")
@@ -125,6 +187,57 @@ class Settings(BaseSettings):
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return value
 
+    @field_validator(
+        "user_daily_tokens",
+        "user_monthly_tokens",
+        "user_daily_cost",
+        "user_monthly_cost",
+        "bot_daily_tokens",
+        "bot_monthly_tokens",
+        "bot_daily_cost",
+        "bot_monthly_cost",
+    )
+    @classmethod
+    def _zero_is_unlimited(cls, value: float | None) -> float | None:
+        return value or None
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _parse_model_prices(cls, value: Any) -> Any:
+        example = '{"gpt-4o": {"prompt": 2.5, "completion": 10, "image": 0}}'
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(f"must be JSON such as {example}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a JSON object such as {example}")
+        for model, price in value.items():
+            if not isinstance(price, dict):
+                raise ValueError(f"the price of {model!r} must be an object such as {example}")
+            unknown = sorted(set(price) - PRICE_FIELDS)
+            if unknown:
+                raise ValueError(
+                    f"{model!r} has unknown field {', '.join(unknown)}; "
+                    "use prompt, completion and image"
+                )
+            for name, amount in price.items():
+                if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
+                    raise ValueError(f"{model!r} {name} must be a number, 0 or more")
+        return value
+
+    @field_validator("usage_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            load_timezone(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                "unknown time zone; use an IANA name such as UTC or Europe/Berlin"
+            ) from None
+        return value
+
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> Settings:
         if self.llm_total_timeout < self.llm_first_token_timeout:
@@ -134,6 +247,37 @@ class Settings(BaseSettings):
     def is_owner(self, user_id: int | None) -> bool:
         """True for the users listed in OWNER_IDS."""
         return user_id is not None and user_id in self.owner_ids
+
+    def price_list(self) -> PriceList:
+        """The default price and MODEL_PRICES, with left-out fields taken from the default."""
+        default = Price(
+            prompt_per_million=self.price_prompt_per_million,
+            completion_per_million=self.price_completion_per_million,
+            per_image=self.price_per_image,
+        )
+        models = {
+            model: Price(
+                prompt_per_million=price.get("prompt", default.prompt_per_million),
+                completion_per_million=price.get("completion", default.completion_per_million),
+                per_image=price.get("image", default.per_image),
+            )
+            for model, price in self.model_prices.items()
+        }
+        return PriceList(default=default, models=models)
+
+    def usage_tzinfo(self) -> tzinfo:
+        """The time zone whose midnights begin usage days and months."""
+        return load_timezone(self.usage_timezone)
+
+
+PRICE_FIELDS = frozenset({"prompt", "completion", "image"})
+
+
+def load_timezone(name: str) -> tzinfo:
+    """The time zone of an IANA name; UTC works even without the system's tz database."""
+    if name.upper() in {"UTC", "Z", "ETC/UTC"}:
+        return UTC
+    return ZoneInfo(name)
 
 
 class ConfigError(Exception):

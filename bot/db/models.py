@@ -165,3 +165,6 @@ class UsageRecord(Base):
     error: Mapped[str | None] = mapped_column(String(ERROR_MAX_LENGTH))
     latency_ms: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=_NOW)
+    # Image requests: the size asked for (e.g. "1024x1024"), or the size received from backends
+    # that take none; NULL for chat.
+    size: Mapped[str | None] = mapped_column(String(32))

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, delete, exists, insert, select, update
+from sqlalchemy import CursorResult, Table, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,6 +91,7 @@ class NewUsage:
     finish_reason: str | None = None
     error: str | None = None
     images: int = 0
+    size: str | None = None
 
 
 def _upsert_insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -363,6 +365,34 @@ class UsageRepository:
             finish_reason=record.finish_reason,
             error=error,
             latency_ms=record.latency_ms,
+            size=record.size,
             created_at=utcnow(),
         )
         await self._session.execute(stmt)
+
+    # Both image queries are range scans of the (user_id, created_at) index.
+
+    async def last_image_at(self, *, user_id: int, since: datetime) -> datetime | None:
+        """When the user's newest image request since `since` ended, successful or not."""
+        stmt = select(func.max(UsageRecord.created_at)).where(
+            UsageRecord.user_id == user_id,
+            UsageRecord.created_at >= since,
+            UsageRecord.kind == "image",
+        )
+        return await self._session.scalar(stmt)
+
+    async def image_times(self, *, user_id: int, since: datetime, limit: int) -> list[datetime]:
+        """When the user's successful images since `since` were made: newest first, at most
+        `limit`."""
+        stmt = (
+            select(UsageRecord.created_at)
+            .where(
+                UsageRecord.user_id == user_id,
+                UsageRecord.created_at >= since,
+                UsageRecord.kind == "image",
+                UsageRecord.status == "ok",
+            )
+            .order_by(UsageRecord.created_at.desc())
+            .limit(limit)
+        )
+        return list((await self._session.scalars(stmt)).all())

@@ -24,6 +24,14 @@ class LLMProtocolError(LLMError):
     """The backend answered something that is not a valid OpenAI-compatible response."""
 
 
+class LLMImageDownloadError(LLMUnavailableError):
+    """The image the backend linked to could not be downloaded; `status` if it answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class LLMHTTPError(LLMError):
     """The backend answered with an error status or an error object."""
 
@@ -48,6 +56,10 @@ class LLMBadRequestError(LLMHTTPError):
 
 class LLMContextLengthError(LLMBadRequestError):
     """400 because the prompt does not fit the model's context window."""
+
+
+class LLMContentPolicyError(LLMBadRequestError):
+    """400 because the backend's content policy (safety system, moderation) refused the prompt."""
 
 
 class LLMRateLimitError(LLMHTTPError):

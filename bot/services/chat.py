@@ -37,6 +37,7 @@ from bot.llm.errors import (
 from bot.llm.types import ChatMessage, Role, StreamEnd, TextDelta, Usage
 from bot.services.sink import ReplySink
 from bot.services.tokens import PER_MESSAGE_OVERHEAD, REPLY_PRIMING, TokenCounter
+from bot.services.usage import BudgetService
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +105,10 @@ class ChatService:
         config: ChatConfig,
         context_window_for: Callable[[str], int | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        budgets: BudgetService | None = None,
     ) -> None:
         self._sessions = sessions
+        self._budgets = budgets
         self._llm = llm
         self._tokens = tokens
         self._config = config
@@ -126,6 +129,12 @@ class ChatService:
             )
             return ReplyOutcome(status="duplicate", model=self._config.default_model)
         model, history = loaded
+        if self._budgets is not None:
+            block = await self._budgets.check(user_id=request.user_id)
+            if block is not None:
+                # A spent budget costs nothing: the backend is never called.
+                await sink.fail(block.message)
+                return ReplyOutcome(status="rejected", model=model)
         user_content = self._user_content(request)
         prompt = self._build_prompt(
             model=model, history=history, user_content=user_content, is_group=request.is_group

@@ -52,6 +52,13 @@ in groups, only messages that start with ``/`` (and are not addressed to another
 the bot by username, or reply to one of its messages are delivered; others are kept in
 ``withheld``. Set ``privacy_mode = False`` to deliver everything.
 
+Chat members: ``getChatMember`` answers ``creator`` or ``administrator`` for users named with
+`FakeTelegram.set_admins`, ``member`` for the bot and for users seen in the chat (they wrote or
+pressed a button there), ``left`` for users seen only in other chats, and ``Bad Request: user not
+found`` for users the bot never saw (the Bot API knows only users who interacted with the bot).
+``getChatAdministrators`` lists the owner first, then the administrators; in a private chat it
+fails with ``Bad Request: there are no administrators in the private chat``.
+
 Simplified: of TDLib's entity clean-up only the nesting rules that matter for HTML are kept
 (nothing inside ``code``/``pre``, no quote inside a quote, no link inside a link). Not emulated:
 Markdown parse modes (refused with a 400 that says so), automatic detection of URLs, mentions and
@@ -898,6 +905,9 @@ class _Chat:
     bot_messages: dict[int, SentMessage] = field(default_factory=dict)
     deleted_user_messages: set[int] = field(default_factory=set)
     blocked_bot: bool = False
+    # Users seen in the chat (as User objects) and statuses set by tests (creator, administrator).
+    members: dict[int, dict[str, Any]] = field(default_factory=dict)
+    statuses: dict[int, str] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id}
@@ -993,6 +1003,8 @@ class FakeTelegram:
         self.my_commands: dict[tuple[str, str], list[dict[str, str]]] = {}
         self.callback_answers: dict[str, dict[str, Any]] = {}
         self.chat_actions: list[tuple[int, str]] = []
+        # update_id -> `clock` time at which getUpdates first handed the update out
+        self.handed_out: dict[int, float] = {}
         self.webhook_url = ""
         self._chats: dict[int, _Chat] = {}
         self._updates: deque[dict[str, Any]] = deque()
@@ -1000,6 +1012,7 @@ class FakeTelegram:
         self._callback_ids = itertools.count(1)
         self._file_ids = itertools.count(1)
         self._pending_callbacks: dict[str, dict[str, Any]] = {}
+        self._known_users: dict[int, dict[str, Any]] = {}  # everyone who ever wrote or pressed
         self._files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, data)
         self._allowed_updates: list[str] = []
         self._injections: list[_Injection] = []
@@ -1030,6 +1043,8 @@ class FakeTelegram:
             ("getMyCommands", self._get_my_commands),
             ("deleteMyCommands", self._delete_my_commands),
             ("answerCallbackQuery", self._answer_callback_query),
+            ("getChatMember", self._get_chat_member),
+            ("getChatAdministrators", self._get_chat_administrators),
         ):
             self._methods[name.lower()] = (name, handler)
 
@@ -1107,6 +1122,7 @@ class FakeTelegram:
         """Queue a message from a user; returns the Update (no update_id if privacy-withheld)."""
         chat = self._ensure_chat(chat_id, chat_type, chat_title, first_name, username)
         user = self._user_json(chat, user_id, first_name, username, language_code, is_bot=is_bot)
+        self._remember(chat, user)
         message: dict[str, Any] = {
             "message_id": chat.take_message_id(),
             "from": user,
@@ -1172,10 +1188,12 @@ class FakeTelegram:
         sent = chat.bot_messages.get(message_id)
         if sent is None or sent.deleted:
             raise KeyError(f"no live bot message {message_id} in chat {chat_id}")
+        user = self._user_json(chat, user_id, first_name, username, language_code)
+        self._remember(chat, user)
         query_id = str(next(self._callback_ids) * 1_000_003)
         query = {
             "id": query_id,
-            "from": self._user_json(chat, user_id, first_name, username, language_code),
+            "from": user,
             "message": self._bot_message_json(sent),
             "chat_instance": str(abs(hash((self.bot_id, chat_id))) % 10**18),
             "data": data,
@@ -1194,6 +1212,18 @@ class FakeTelegram:
             chat.deleted_user_messages.add(message_id)
         else:
             raise KeyError(f"no message {message_id} in chat {chat_id}")
+
+    def set_admins(
+        self, chat_id: int, admin_ids: Iterable[int], *, creator: int | None = None
+    ) -> None:
+        """Make these users the group's administrators (and `creator` its owner), replacing any
+        set before; everyone else seen in the group is a plain member."""
+        chat = self._chats[chat_id]
+        if chat.type not in ("group", "supergroup", "channel"):
+            raise ValueError("only groups and channels have administrators")
+        chat.statuses = {user_id: "administrator" for user_id in admin_ids}
+        if creator is not None:
+            chat.statuses[creator] = "creator"
 
     def block_bot(self, chat_id: int, blocked: bool = True) -> None:
         """The user blocks (or unblocks) the bot: every call to the chat gets 403."""
@@ -1848,6 +1878,9 @@ class FakeTelegram:
         while True:
             ready = self._deliverable(limit)
             if ready or self._stopping:
+                now = self.clock()
+                for update in ready:
+                    self.handed_out.setdefault(update["update_id"], now)
                 return ready
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -2116,6 +2149,71 @@ class FakeTelegram:
             "url": ctx.params.get("url"),
         }
         return True
+
+    async def _get_chat_member(self, ctx: _Context) -> Any:
+        chat = self._chat_of(ctx)
+        user_id = ctx.params.get("user_id")
+        if not isinstance(user_id, int) or user_id <= 0:
+            raise _bad("invalid user_id specified")
+        status = chat.statuses.get(user_id)
+        if status is None:
+            if user_id == self.bot_id or user_id in chat.members:
+                status = "member"
+            elif user_id in self._known_users:
+                status = "left"  # known to the bot, but never seen in this chat
+            else:
+                # The Bot API knows only users who talked to the bot or were seen with it.
+                raise _bad("user not found")
+        return self._chat_member_json(chat, user_id, status)
+
+    async def _get_chat_administrators(self, ctx: _Context) -> Any:
+        chat = self._chat_of(ctx)
+        if chat.type == "private":
+            raise _bad("there are no administrators in the private chat")
+        ranked = sorted(chat.statuses.items(), key=lambda item: item[1] != "creator")
+        return [
+            self._chat_member_json(chat, user_id, status)
+            for user_id, status in ranked
+            if status in ("creator", "administrator")
+        ]
+
+    def _remember(self, chat: _Chat, user: dict[str, Any]) -> None:
+        chat.members[user["id"]] = user
+        self._known_users[user["id"]] = user
+
+    def _chat_member_json(self, chat: _Chat, user_id: int, status: str) -> dict[str, Any]:
+        """A ChatMember object with the fields the Bot API sends for the status."""
+        if user_id == self.bot_id:
+            user: dict[str, Any] = self.bot_user
+        else:
+            user = (
+                chat.members.get(user_id)
+                or self._known_users.get(user_id)
+                or {"id": user_id, "is_bot": False, "first_name": f"User {user_id}"}
+            )
+        member: dict[str, Any] = {"status": status, "user": user}
+        if status == "creator":
+            member["is_anonymous"] = False
+        elif status == "administrator":
+            member.update(
+                can_be_edited=False,
+                is_anonymous=False,
+                can_manage_chat=True,
+                can_delete_messages=True,
+                can_manage_video_chats=True,
+                can_restrict_members=True,
+                can_promote_members=False,
+                can_change_info=True,
+                can_invite_users=True,
+                can_post_stories=False,
+                can_edit_stories=False,
+                can_delete_stories=False,
+                can_send_welcome_messages=False,
+                can_pin_messages=True,
+            )
+            if chat.type == "supergroup":
+                member["can_manage_topics"] = False
+        return member
 
 
 def _json_scalar_as_text(value: Any) -> Any:

@@ -18,7 +18,15 @@ from aiogram.exceptions import (
     TelegramNetworkError,
     TelegramRetryAfter,
 )
-from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.types import (
+    BufferedInputFile,
+    ChatMemberAdministrator,
+    ChatMemberLeft,
+    ChatMemberMember,
+    ChatMemberOwner,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+)
 
 from tests.fakes.telegram import (
     CONFLICT_GET_UPDATES,
@@ -665,3 +673,44 @@ async def test_wait_for_reports_recent_calls(
     await tg.wait_for(lambda fake: len(fake.messages(CHAT)) == 1, timeout=1)
     with pytest.raises(AssertionError, match="visible in the dump"):
         await tg.wait_for(lambda fake: len(fake.messages(CHAT)) == 2, timeout=0.05)
+
+
+async def test_chat_members_and_administrators_via_aiogram(tg: FakeTelegram, bot: Bot) -> None:
+    tg.user_message(chat_id=GROUP, chat_type="supergroup", text="hi", user_id=7, first_name="Ann")
+    tg.user_message(chat_id=GROUP, chat_type="supergroup", text="yo", user_id=8, first_name="Ben")
+    tg.user_message(chat_id=CHAT, text="hello")  # user 42, seen only in private
+    tg.set_admins(GROUP, [8], creator=9)
+
+    member = await bot.get_chat_member(GROUP, 7)
+    assert isinstance(member, ChatMemberMember) and member.user.first_name == "Ann"
+    admin = await bot.get_chat_member(GROUP, 8)
+    assert isinstance(admin, ChatMemberAdministrator) and admin.user.first_name == "Ben"
+    owner = await bot.get_chat_member(GROUP, 9)
+    assert isinstance(owner, ChatMemberOwner)
+    assert isinstance(await bot.get_chat_member(GROUP, tg.bot_id), ChatMemberMember)
+    assert isinstance(await bot.get_chat_member(GROUP, CHAT), ChatMemberLeft)
+    with pytest.raises(TelegramBadRequest) as bad:
+        await bot.get_chat_member(GROUP, 555)
+    assert bad.value.message == "Bad Request: user not found"
+    with pytest.raises(TelegramBadRequest) as bad:
+        await bot.get_chat_member(-999, 7)
+    assert bad.value.message == "Bad Request: chat not found"
+
+    admins = await bot.get_chat_administrators(GROUP)
+    assert [(type(a), a.user.id) for a in admins] == [
+        (ChatMemberOwner, 9),
+        (ChatMemberAdministrator, 8),
+    ]
+    with pytest.raises(TelegramBadRequest) as bad:
+        await bot.get_chat_administrators(CHAT)
+    assert bad.value.message == "Bad Request: there are no administrators in the private chat"
+
+    # Pressing a button in the group makes a user a known member; demoting replaces the list.
+    keyboard = InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text="Go", callback_data="go")]]
+    )
+    sent = await bot.send_message(GROUP, "Press", reply_markup=keyboard)
+    tg.callback_query(chat_id=GROUP, message_id=sent.message_id, data="go", user_id=10)
+    assert isinstance(await bot.get_chat_member(GROUP, 10), ChatMemberMember)
+    tg.set_admins(GROUP, [])
+    assert isinstance(await bot.get_chat_member(GROUP, 8), ChatMemberMember)

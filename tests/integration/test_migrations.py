@@ -16,6 +16,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -32,6 +33,7 @@ from bot.db import (
 from bot.db.engine import MIGRATIONS_DIR, alembic_config
 
 ROOT = Path(__file__).resolve().parents[2]
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 TABLES = {"chats", "users", "turns", "usage_records"}
 
 
@@ -113,6 +115,27 @@ async def test_upgrade_downgrade_upgrade(database_url: str) -> None:
         await engine.dispose()
 
 
+def clauses(sql: str) -> set[str]:
+    """A statement's head and its top-level column and constraint definitions.
+
+    Compared as a set: clause order may legitimately differ, and SQLite's ALTER TABLE ADD COLUMN
+    appends the new column's definition to the last column's line of the stored statement.
+    """
+    head, _, body = sql.partition("(")
+    parts: list[str] = []
+    depth = 0
+    current = ""
+    for char in body.rstrip().removesuffix(")"):
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        depth += (char == "(") - (char == ")")
+        current += char
+    parts.append(current)
+    return {" ".join(head.split())} | {" ".join(part.split()) for part in parts}
+
+
 async def test_sqlite_migrations_build_exactly_the_model_schema(tmp_path: Path) -> None:
     """The DDL stored by SQLite, server defaults and CHECKs included, matches `create_all`."""
 
@@ -122,11 +145,7 @@ async def test_sqlite_migrations_build_exactly_the_model_schema(tmp_path: Path) 
                 "SELECT name, sql FROM sqlite_master "
                 "WHERE name NOT LIKE 'sqlite_%' AND name NOT LIKE 'alembic_%'"
             )
-            # Compare each statement's lines as a set: clause order may legitimately differ.
-            return {
-                row.name: {line.strip().rstrip(",") for line in row.sql.splitlines()}
-                for row in rows
-            }
+            return {row.name: clauses(row.sql) for row in rows}
 
     migrated = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'migrated.db'}")
     created = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'created.db'}")
@@ -160,7 +179,7 @@ async def test_migrate_twice_is_a_no_op(database_url: str) -> None:
 
         async with engine.connect() as conn:
             version = (await conn.exec_driver_sql("SELECT version_num FROM alembic_version")).all()
-            assert version == [("0001",)]
+            assert version == [(HEAD,)]
         async with sessionmaker() as session:
             assert await ChatRepository(session).get(chat_id=1) is not None
     finally:
@@ -188,7 +207,7 @@ def extra_migration(directory: Path, body: str) -> Config:
         "import sqlalchemy as sa\n"
         "from alembic import op\n"
         "revision = '9999'\n"
-        "down_revision = '0001'\n"
+        f"down_revision = {HEAD!r}\n"
         "branch_labels = None\n"
         "depends_on = None\n"
         "def upgrade():\n"
@@ -279,4 +298,4 @@ def test_alembic_command_line(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "No new upgrade operations detected" in result.stdout + result.stderr
     with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]

@@ -94,3 +94,20 @@ def test_env_example_documents_every_setting() -> None:
     example = (Path(__file__).parents[2] / ".env.example").read_text()
     for name in Settings.model_fields:
         assert f"{name.upper()}=" in example, f"{name.upper()} is not in .env.example"
+
+
+def test_model_allow_list_and_cache_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    s = load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN)
+    assert s.llm_models == [] and s.models_cache_seconds == 300
+    s = load(
+        monkeypatch,
+        tmp_path,
+        BOT_TOKEN=TOKEN,
+        LLM_MODELS=" gpt-4o-mini, Qwen/Qwen3-235B-A22B-Instruct-2507-FP8 ,,",
+        MODELS_CACHE_SECONDS="60",
+    )
+    assert s.llm_models == ["gpt-4o-mini", "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"]
+    assert s.models_cache_seconds == 60
+    with pytest.raises(ConfigError) as err:
+        load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN, MODELS_CACHE_SECONDS="-1")
+    assert str(err.value).startswith("MODELS_CACHE_SECONDS: ")

@@ -1,0 +1,334 @@
+"""Which model each chat talks to: the backend's live list, filtered and cached, and the choice."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot.db.repositories import ChatRepository
+from bot.llm.client import LLMClient
+from bot.llm.errors import LLMError
+from bot.llm.types import ModelInfo
+
+logger = logging.getLogger(__name__)
+
+NON_CHAT_KINDS = frozenset({"image", "embedding", "audio"})
+# Models that are not for conversation, recognised by their id or name when the backend does not
+# say what kind a model is: image generators, embedders, speech and moderation models.
+_NON_CHAT_RE = re.compile(
+    r"(?<![a-z0-9])(?:dall-e|gpt-image|akashgen|flux|stable-diffusion|sdxl|whisper|tts"
+    r"|embed\w*|moderation|rerank\w*)(?![a-z])",
+    re.IGNORECASE,
+)
+# After a failed fetch, ask the backend again no sooner than this (or the cache lifetime, if
+# shorter), so that a backend without /models is not asked on every command.
+FAILURE_BACKOFF_SECONDS = 30.0
+SUGGESTION_LIMIT = 3
+
+
+def is_chat_model(model: ModelInfo) -> bool:
+    """True unless the backend or the model's id or name marks it as a non-chat model."""
+    if model.kind is not None:
+        return model.kind not in NON_CHAT_KINDS
+    return not any(_NON_CHAT_RE.search(text) for text in (model.id, model.name or ""))
+
+
+def label(model: ModelInfo) -> str:
+    """The name people should see: the backend's friendly name, else the id."""
+    return model.name.strip() if model.name and model.name.strip() else model.id
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a catalogue: its models with their catalogue positions."""
+
+    number: int  # from 0
+    count: int  # pages in all (at least 1)
+    entries: tuple[tuple[int, ModelInfo], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Catalogue:
+    """The chat models a chat may choose from, sorted by name, with a short list version.
+
+    Keyboards refer to models by position and carry `version`, so a button from a list that has
+    since changed is recognised instead of choosing whatever now sits at that position.
+    """
+
+    models: tuple[ModelInfo, ...]
+    version: str
+
+    def at(self, index: int) -> ModelInfo | None:
+        """The model at a position, or None when out of range."""
+        return self.models[index] if 0 <= index < len(self.models) else None
+
+    def index_of(self, model_id: str) -> int | None:
+        """The position of the model with exactly this id."""
+        for index, model in enumerate(self.models):
+            if model.id == model_id:
+                return index
+        return None
+
+    def find(self, model_id: str) -> ModelInfo | None:
+        """The model with exactly this id."""
+        index = self.index_of(model_id)
+        return None if index is None else self.models[index]
+
+    def match(self, text: str) -> ModelInfo | None:
+        """The model meant by `text`: its exact id, else its id or name in any letter case."""
+        wanted = text.strip()
+        exact = self.find(wanted)
+        if exact is not None:
+            return exact
+        folded = wanted.casefold()
+        for key in (lambda m: m.id, label):
+            found = [m for m in self.models if key(m).casefold() == folded]
+            if len(found) == 1:
+                return found[0]
+        return None
+
+    def page(self, number: int, *, size: int) -> Page:
+        """Page `number` (clamped to the pages there are) of `size` models each."""
+        count = max(1, -(-len(self.models) // size))
+        number = min(max(number, 0), count - 1)
+        start = number * size
+        entries = tuple(enumerate(self.models[start : start + size], start=start))
+        return Page(number=number, count=count, entries=entries)
+
+    def page_of(self, model_id: str, *, size: int) -> Page:
+        """The page showing this model, or the first page when it is not listed."""
+        index = self.index_of(model_id)
+        return self.page(0 if index is None else index // size, size=size)
+
+
+def build_catalogue(
+    models: Iterable[ModelInfo], *, allowed: Sequence[str] = (), default_model: str | None = None
+) -> Catalogue:
+    """Keep the available chat models (only the allowed ones, if any are), sorted by name.
+
+    The default model counts as allowed, so a chat can always return to it.
+    """
+    wanted = {m.casefold() for m in allowed}
+    if wanted and default_model:
+        wanted.add(default_model.casefold())
+    seen: set[str] = set()
+    kept: list[ModelInfo] = []
+    for model in models:
+        if model.id in seen or not model.available or not is_chat_model(model):
+            continue
+        if wanted and model.id.casefold() not in wanted:
+            continue
+        seen.add(model.id)
+        kept.append(model)
+    kept.sort(key=lambda m: (label(m).casefold(), m.id))
+    digest = hashlib.blake2s("\n".join(m.id for m in kept).encode(), digest_size=4)
+    return Catalogue(models=tuple(kept), version=digest.hexdigest())
+
+
+def suggest(
+    text: str, models: Sequence[ModelInfo], *, limit: int = SUGGESTION_LIMIT
+) -> tuple[ModelInfo, ...]:
+    """Models whose id or name is close to `text` (typos first, then ones containing it)."""
+    query = text.strip().casefold()
+    if not query:
+        return ()
+    keys: dict[str, list[ModelInfo]] = {}
+    for model in models:
+        for key in {model.id.casefold(), label(model).casefold()}:
+            keys.setdefault(key, []).append(model)
+    found: list[ModelInfo] = []
+    for key in difflib.get_close_matches(query, list(keys), n=limit * 2, cutoff=0.6):
+        found.extend(keys[key])
+    if len(query) >= 3:
+        found.extend(m for m in models if query in m.id.casefold() or query in label(m).casefold())
+    unique: list[ModelInfo] = []
+    for model in found:
+        if model not in unique:
+            unique.append(model)
+    return tuple(unique[:limit])
+
+
+# ---- results of a choice ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Switched:
+    """The chat now uses `model` (`changed` is False if it already did).
+
+    `verified` is False when the backend's list could not be loaded and the id was taken as
+    typed; `model` then carries only the id.
+    """
+
+    model: ModelInfo
+    changed: bool
+    verified: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Suggested:
+    """No model has that id, but some are close; the chat's model is unchanged."""
+
+    requested: str
+    suggestions: tuple[ModelInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """No chat model on offer has that id, and none is close; the chat's model is unchanged."""
+
+    requested: str
+
+
+Choice = Switched | Suggested | Unknown
+
+
+class ModelService:
+    """The backend's chat models (cached), each chat's current model, and switching it."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        llm: LLMClient,
+        default_model: str,
+        allowed: Sequence[str] = (),
+        cache_seconds: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = sessions
+        self._llm = llm
+        self._default = default_model
+        self._allowed = tuple(allowed)
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+        self._catalogue: Catalogue | None = None
+        self._fresh_until = 0.0
+        self._retry_at = 0.0
+        self._contexts: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        self._warming: asyncio.Task[Catalogue | None] | None = None
+
+    @property
+    def default_model(self) -> str:
+        """The model of chats that never chose one (LLM_MODEL)."""
+        return self._default
+
+    async def catalogue(self) -> Catalogue | None:
+        """The models on offer, from the cache or the backend; None if they cannot be loaded.
+
+        When a refresh fails, the last list loaded (if any) is served until the backend answers
+        again: a passing failure of /models should not take the picker away.
+        """
+        if self._catalogue is not None and self._clock() < self._fresh_until:
+            return self._catalogue
+        async with self._lock:
+            # Another caller may have refreshed (or failed to) while this one waited.
+            now = self._clock()
+            if self._catalogue is not None and now < self._fresh_until:
+                return self._catalogue
+            if now < self._retry_at:
+                return self._catalogue
+            try:
+                listed = await self._llm.list_models()
+            except LLMError as exc:
+                self._retry_at = self._clock() + min(self._cache_seconds, FAILURE_BACKOFF_SECONDS)
+                logger.warning("could not load the backend's model list: %s", exc)
+                return self._catalogue
+            self._catalogue = build_catalogue(
+                listed, allowed=self._allowed, default_model=self._default
+            )
+            self._contexts.update({m.id: m.context_tokens for m in listed if m.context_tokens})
+            self._fresh_until = self._clock() + self._cache_seconds
+            logger.info(
+                "backend lists %d models, %d offered for chat (list %s)",
+                len(listed),
+                len(self._catalogue.models),
+                self._catalogue.version,
+            )
+            return self._catalogue
+
+    async def warm_up(self) -> None:
+        """Start loading the list in the background, so context sizes are known early."""
+        if self._warming is None or self._warming.done():
+            self._warming = asyncio.create_task(self.catalogue(), name="models-warm-up")
+
+    async def close(self) -> None:
+        """Stop a background load that is still running."""
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+            await asyncio.wait([self._warming])
+
+    def context_window(self, model_id: str) -> int | None:
+        """The model's context size as the backend last listed it, or None if unknown.
+
+        Synchronous for the chat service's budget; context sizes rarely change, so a value from
+        an expired list is still used.
+        """
+        return self._contexts.get(model_id)
+
+    async def current(self, *, chat_id: int) -> str:
+        """The id of the model the chat uses now."""
+        async with self._sessions() as session:
+            chat = await ChatRepository(session).get(chat_id=chat_id)
+        return (chat.model if chat is not None else None) or self._default
+
+    async def choose(
+        self, *, chat_id: int, chat_type: str, chat_title: str | None, model_id: str
+    ) -> Choice:
+        """Switch the chat to the model meant by `model_id` if one is on offer.
+
+        When the backend's list cannot be loaded, the id is trusted as typed (so a backend
+        without /models stays usable), unless the allow-list or the chat-model rules exclude it.
+        """
+        requested = model_id.strip()
+        catalogue = await self.catalogue()
+        if catalogue is None:
+            return await self._choose_unverified(
+                chat_id=chat_id, chat_type=chat_type, chat_title=chat_title, requested=requested
+            )
+        model = catalogue.match(requested)
+        if model is None:
+            suggestions = suggest(requested, catalogue.models)
+            return Suggested(requested, suggestions) if suggestions else Unknown(requested)
+        changed = await self._store(
+            chat_id=chat_id, chat_type=chat_type, chat_title=chat_title, model_id=model.id
+        )
+        return Switched(model=model, changed=changed)
+
+    async def _choose_unverified(
+        self, *, chat_id: int, chat_type: str, chat_title: str | None, requested: str
+    ) -> Choice:
+        model = ModelInfo(id=requested)
+        if self._allowed:
+            allowed = [ModelInfo(id=m) for m in dict.fromkeys([*self._allowed, self._default])]
+            match = Catalogue(models=tuple(allowed), version="").match(requested)
+            if match is None:
+                suggestions = suggest(requested, allowed)
+                return Suggested(requested, suggestions) if suggestions else Unknown(requested)
+            model = match
+        if not is_chat_model(model):
+            return Unknown(requested)
+        changed = await self._store(
+            chat_id=chat_id, chat_type=chat_type, chat_title=chat_title, model_id=model.id
+        )
+        return Switched(model=model, changed=changed, verified=False)
+
+    async def _store(
+        self, *, chat_id: int, chat_type: str, chat_title: str | None, model_id: str
+    ) -> bool:
+        async with self._sessions() as session, session.begin():
+            chats = ChatRepository(session)
+            chat = await chats.upsert(chat_id=chat_id, type=chat_type, title=chat_title)
+            if (chat.model or self._default) == model_id:
+                return False
+            await chats.set_model(chat_id=chat_id, model=model_id)
+        logger.info("chat %s switched to model %s", chat_id, model_id)
+        return True

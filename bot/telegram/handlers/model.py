@@ -1,0 +1,239 @@
+"""/model: show the chat's model and switch it, with a paged picker or by id."""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram import Bot, Router
+from aiogram.enums import ChatMemberStatus
+from aiogram.exceptions import TelegramAPIError
+from aiogram.filters import Command, CommandObject
+from aiogram.types import CallbackQuery, Chat, InlineKeyboardMarkup, Message
+
+from bot import texts
+from bot.config import Settings
+from bot.llm.types import ModelInfo
+from bot.services.models import Catalogue, ModelService, Suggested, Switched, label
+from bot.telegram.filters import GROUP_TYPES, NotFromBot
+from bot.telegram.keyboards import (
+    MODELS_PER_PAGE,
+    ModelNoop,
+    ModelPage,
+    ModelPick,
+    model_picker,
+    model_suggestions,
+)
+from bot.telegram.replies import Replies
+
+logger = logging.getLogger(__name__)
+
+ADMIN_STATUSES = frozenset({ChatMemberStatus.CREATOR, ChatMemberStatus.ADMINISTRATOR})
+NOTICE_LIMIT = 200  # Telegram's limit for the text of a callback query answer
+
+
+async def may_switch(*, bot: Bot, settings: Settings, chat: Chat, user_id: int) -> bool:
+    """Anyone in a private chat; in groups the group's administrators and the bot's owners."""
+    if chat.type not in GROUP_TYPES or settings.is_owner(user_id):
+        return True
+    try:
+        member = await bot.get_chat_member(chat_id=chat.id, user_id=user_id)
+    except TelegramAPIError as exc:
+        # Telegram may not know the user's membership (e.g. hidden members): refuse, safely.
+        logger.warning("chat %s: could not check user %s: %s", chat.id, user_id, exc)
+        return False
+    return member.status in ADMIN_STATUSES
+
+
+def describe(model: ModelInfo) -> str:
+    """A model as shown in messages: its name and, when that differs, its id."""
+    name = label(model)
+    return name if name == model.id else texts.MODEL_LABEL.format(name=name, id=model.id)
+
+
+def _notice(text: str) -> str:
+    return text if len(text) <= NOTICE_LIMIT else text[: NOTICE_LIMIT - 1] + "…"
+
+
+def _current_info(catalogue: Catalogue | None, current: str, service: ModelService) -> str:
+    model = (catalogue.find(current) if catalogue else None) or ModelInfo(id=current)
+    shown = describe(model)
+    tokens = model.context_tokens or service.context_window(current)
+    return texts.MODEL_CONTEXT.format(model=shown, tokens=tokens) if tokens else shown
+
+
+def picker_view(
+    catalogue: Catalogue | None,
+    current: str,
+    service: ModelService,
+    *,
+    page: int | None = None,
+    switched: bool = False,
+) -> tuple[str, InlineKeyboardMarkup | None]:
+    """The picker's text and keyboard, opened on `page` or on the current model's page."""
+    shown = _current_info(catalogue, current, service)
+    if catalogue is None:
+        return texts.MODEL_LIST_UNAVAILABLE.format(model=shown), None
+    if not catalogue.models:
+        return texts.MODEL_NONE_OFFERED.format(model=shown), None
+    if page is None:
+        chosen = catalogue.page_of(current, size=MODELS_PER_PAGE)
+    else:
+        chosen = catalogue.page(page, size=MODELS_PER_PAGE)
+    if switched:
+        template = texts.MODEL_PICKER_SWITCHED
+    elif catalogue.find(current) is None:
+        template = texts.MODEL_PICKER_NOT_LISTED
+    else:
+        template = texts.MODEL_PICKER
+    markup = model_picker(chosen, version=catalogue.version, current=current)
+    return template.format(model=shown), markup
+
+
+async def model_command(
+    message: Message,
+    command: CommandObject,
+    model_service: ModelService,
+    replies: Replies,
+    settings: Settings,
+    bot: Bot,
+) -> None:
+    """`/model` shows the picker; `/model <id>` switches directly."""
+    requested = (command.args or "").strip()
+    chat = message.chat
+    if not requested:
+        current = await model_service.current(chat_id=chat.id)
+        text, markup = picker_view(await model_service.catalogue(), current, model_service)
+        if markup is None:
+            await replies.text(message, text)
+        else:
+            await replies.keyboard(message, text, markup)
+        return
+    if message.from_user is None:
+        return
+    if not await may_switch(bot=bot, settings=settings, chat=chat, user_id=message.from_user.id):
+        await replies.text(message, texts.MODEL_ADMINS_ONLY)
+        return
+    result = await model_service.choose(
+        chat_id=chat.id, chat_type=chat.type, chat_title=chat.title, model_id=requested
+    )
+    if isinstance(result, Switched):
+        if not result.changed:
+            template = texts.MODEL_ALREADY
+        elif result.verified:
+            template = texts.MODEL_SWITCHED
+        else:
+            template = texts.MODEL_SWITCHED_UNVERIFIED
+        await replies.text(message, template.format(model=describe(result.model)))
+        return
+    if isinstance(result, Suggested):
+        await _suggest(message, result, model_service, replies)
+        return
+    current = await model_service.current(chat_id=chat.id)
+    shown = describe((await _catalogue_entry(model_service, current)) or ModelInfo(id=current))
+    await replies.text(message, texts.MODEL_UNKNOWN.format(requested=requested, model=shown))
+
+
+async def _catalogue_entry(service: ModelService, model_id: str) -> ModelInfo | None:
+    catalogue = await service.catalogue()
+    return catalogue.find(model_id) if catalogue else None
+
+
+async def _suggest(
+    message: Message, result: Suggested, service: ModelService, replies: Replies
+) -> None:
+    lines = "\n".join(
+        texts.MODEL_SUGGESTION_LINE.format(model=describe(m)) for m in result.suggestions
+    )
+    text = texts.MODEL_DID_YOU_MEAN.format(requested=result.requested, suggestions=lines)
+    catalogue = await service.catalogue()
+    listed = [
+        (index, model)
+        for model in result.suggestions
+        if catalogue is not None and (index := catalogue.index_of(model.id)) is not None
+    ]
+    if catalogue is None or not listed:
+        # Suggestions from the allow-list while the backend's list is unavailable: no buttons.
+        await replies.text(message, text)
+        return
+    await replies.keyboard(message, text, model_suggestions(listed, version=catalogue.version))
+
+
+async def pick(
+    query: CallbackQuery,
+    callback_data: ModelPick,
+    model_service: ModelService,
+    replies: Replies,
+    settings: Settings,
+    bot: Bot,
+) -> None:
+    """A model's button: switch to it, say so, and redraw the picker."""
+    message = query.message
+    if not isinstance(message, Message):
+        # Messages older than 48 hours come without content and can no longer be edited.
+        await query.answer(texts.MODEL_PRESS_OUTDATED)
+        return
+    chat = message.chat
+    if not await may_switch(bot=bot, settings=settings, chat=chat, user_id=query.from_user.id):
+        await query.answer(texts.MODEL_ADMINS_ONLY)
+        return
+    catalogue = await model_service.catalogue()
+    if catalogue is None:
+        await query.answer(texts.MODEL_PRESS_UNAVAILABLE)
+        return
+    model = catalogue.at(callback_data.i) if catalogue.version == callback_data.v else None
+    if model is None:
+        await query.answer(texts.MODEL_PRESS_OUTDATED)
+        return
+    result = await model_service.choose(
+        chat_id=chat.id, chat_type=chat.type, chat_title=chat.title, model_id=model.id
+    )
+    if not isinstance(result, Switched):
+        await query.answer(texts.MODEL_PRESS_OUTDATED)  # the list changed meanwhile
+        return
+    if not result.changed:
+        await query.answer(texts.MODEL_PRESS_ALREADY)
+        return
+    # Answer first, so the client's spinner stops before the (paced) edit.
+    await query.answer(_notice(texts.MODEL_PRESS_SWITCHED.format(model=label(result.model))))
+    text, markup = picker_view(catalogue, result.model.id, model_service, switched=True)
+    await replies.edit(message, text, markup)
+
+
+async def turn_page(
+    query: CallbackQuery,
+    callback_data: ModelPage,
+    model_service: ModelService,
+    replies: Replies,
+) -> None:
+    """An arrow under the picker: show another page of the same list."""
+    message = query.message
+    if not isinstance(message, Message):
+        await query.answer(texts.MODEL_PRESS_OUTDATED)
+        return
+    catalogue = await model_service.catalogue()
+    if catalogue is None:
+        await query.answer(texts.MODEL_PRESS_UNAVAILABLE)
+        return
+    if catalogue.version != callback_data.v:
+        await query.answer(texts.MODEL_PRESS_OUTDATED)
+        return
+    current = await model_service.current(chat_id=message.chat.id)
+    await query.answer()
+    text, markup = picker_view(catalogue, current, model_service, page=callback_data.p)
+    await replies.edit(message, text, markup)
+
+
+async def page_counter(query: CallbackQuery) -> None:
+    """The page counter does nothing, but the press still gets its answer."""
+    await query.answer()
+
+
+def build_router() -> Router:
+    """A fresh router with this module's handlers (one per Dispatcher)."""
+    router = Router(name=__name__)
+    router.message.filter(NotFromBot())
+    router.message.register(model_command, Command("model"))
+    router.callback_query.register(pick, ModelPick.filter())
+    router.callback_query.register(turn_page, ModelPage.filter())
+    router.callback_query.register(page_counter, ModelNoop.filter())
+    return router

@@ -1,0 +1,161 @@
+"""The model service on a real SQLite file and a fake backend over HTTP, with a manual clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.db import create_sessionmaker
+from bot.llm.client import LLMClient, RetryPolicy
+from bot.services.models import ModelService, Suggested, Switched, Unknown
+from tests.fakes.openai import AKASHCHAT_MODELS, FakeLLM
+
+CHAT = 1001
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Setup:
+    engine: AsyncEngine
+    llm: FakeLLM
+    llm_client: LLMClient
+    clock: ManualClock
+
+    def service(self, **kwargs: object) -> ModelService:
+        options: dict[str, object] = {"default_model": "gpt-4o-mini", "cache_seconds": 300.0}
+        options.update(kwargs)
+        return ModelService(
+            sessions=create_sessionmaker(self.engine),
+            llm=self.llm_client,
+            clock=self.clock,
+            **options,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+async def setup(sqlite_engine: AsyncEngine) -> AsyncIterator[Setup]:
+    async with FakeLLM(api_key=None) as llm, httpx.AsyncClient() as http:
+        client = LLMClient(
+            http=http, base_url=llm.base_url, api_key=None, retry=RetryPolicy(max_retries=0)
+        )
+        yield Setup(sqlite_engine, llm, client, ManualClock())
+
+
+async def choose(service: ModelService, model_id: str) -> Switched | Suggested | Unknown:
+    return await service.choose(
+        chat_id=CHAT, chat_type="private", chat_title=None, model_id=model_id
+    )
+
+
+async def test_list_is_cached_for_the_configured_time(setup: Setup) -> None:
+    service = setup.service(cache_seconds=300.0)
+    first = await service.catalogue()
+    assert first is not None and [m.id for m in first.models] == ["gpt-4o", "gpt-4o-mini"]
+    setup.llm.models = ["gpt-4o", "o3"]
+    setup.clock.now += 299
+    assert await service.catalogue() is first
+    assert setup.llm.models_requests == 1
+    setup.clock.now += 2
+    fresh = await service.catalogue()
+    assert fresh is not None and [m.id for m in fresh.models] == ["gpt-4o", "o3"]
+    assert fresh.version != first.version
+    assert setup.llm.models_requests == 2
+
+
+async def test_choice_is_stored_per_chat_and_new_chats_use_the_default(setup: Setup) -> None:
+    service = setup.service()
+    assert await service.current(chat_id=CHAT) == "gpt-4o-mini"
+    result = await choose(service, "GPT-4o")
+    assert result == Switched(model=result.model, changed=True) and result.model.id == "gpt-4o"
+    again = await choose(service, "gpt-4o")
+    assert isinstance(again, Switched) and not again.changed
+    # a new service (as after a restart) reads the stored choice
+    assert await setup.service().current(chat_id=CHAT) == "gpt-4o"
+    assert await setup.service().current(chat_id=CHAT + 1) == "gpt-4o-mini"
+
+
+async def test_typos_get_suggestions_and_unknown_ids_change_nothing(setup: Setup) -> None:
+    service = setup.service()
+    suggested = await choose(service, "gpt-4o-mni")
+    assert isinstance(suggested, Suggested)
+    assert suggested.suggestions[0].id == "gpt-4o-mini"
+    assert await choose(service, "claude-3-opus") == Unknown("claude-3-opus")
+    # listed, but an image model: not on offer for chat
+    assert await choose(service, "dall-e-3") == Unknown("dall-e-3")
+    assert await service.current(chat_id=CHAT) == "gpt-4o-mini"
+
+
+async def test_bare_list_gives_names_context_sizes_and_skips_unavailable(setup: Setup) -> None:
+    setup.llm.models_shape = "bare"
+    setup.llm.models = AKASHCHAT_MODELS
+    service = setup.service(default_model="Meta-Llama-3-3-70B-Instruct")
+    assert service.context_window("openai-gpt-oss-120b") is None  # nothing loaded yet
+    catalogue = await service.catalogue()
+    assert catalogue is not None
+    assert [(m.id, m.name) for m in catalogue.models] == [
+        ("openai-gpt-oss-120b", "GPT-OSS-120B"),
+        ("Meta-Llama-3-3-70B-Instruct", "Llama 3.3 70B"),
+    ]
+    assert service.context_window("openai-gpt-oss-120b") == 128000
+    suggested = await choose(service, "gpt-oss-12b")
+    assert isinstance(suggested, Suggested)
+    assert [m.id for m in suggested.suggestions] == ["openai-gpt-oss-120b"]
+    # the friendly name, in any case, is as good as the id
+    result = await choose(service, "gpt-oss-120b")
+    assert isinstance(result, Switched) and result.model.id == "openai-gpt-oss-120b"
+
+
+async def test_without_a_list_ids_are_trusted_as_typed(setup: Setup) -> None:
+    setup.llm.models_shape = "error"
+    service = setup.service()
+    assert await service.catalogue() is None
+    result = await choose(service, "my-local-model")
+    assert isinstance(result, Switched) and not result.verified
+    assert result.model.id == "my-local-model"
+    assert await service.current(chat_id=CHAT) == "my-local-model"
+    # obvious non-chat models are still refused
+    assert await choose(service, "whisper-1") == Unknown("whisper-1")
+    # a failed list is not asked for again on every command
+    assert setup.llm.models_requests == 1
+    setup.clock.now += 31
+    setup.llm.models_shape = "openai"
+    assert await service.catalogue() is not None
+    assert setup.llm.models_requests == 2
+
+
+async def test_allow_list_applies_even_when_the_list_is_unavailable(setup: Setup) -> None:
+    service = setup.service(allowed=["gpt-4o", "o3-mini"])
+    catalogue = await service.catalogue()
+    assert catalogue is not None
+    assert [m.id for m in catalogue.models] == ["gpt-4o", "gpt-4o-mini"]  # default included
+    setup.llm.models_shape = "error"
+    setup.clock.now += 301
+    unverified = setup.service(allowed=["gpt-4o", "o3-mini"])
+    suggested = await choose(unverified, "o3-mni")
+    assert isinstance(suggested, Suggested) and suggested.suggestions[0].id == "o3-mini"
+    assert await choose(unverified, "llama-3") == Unknown("llama-3")
+    result = await choose(unverified, "O3-MINI")
+    assert isinstance(result, Switched) and result.model.id == "o3-mini"
+
+
+async def test_a_failed_refresh_keeps_the_last_list(setup: Setup) -> None:
+    service = setup.service()
+    first = await service.catalogue()
+    setup.llm.models_shape = "error"
+    setup.clock.now += 301
+    assert await service.catalogue() is first
+    result = await choose(service, "gpt-4o")
+    assert isinstance(result, Switched) and result.verified
