@@ -1,0 +1,64 @@
+"""/usage: a user's own usage; for owners, in private, the whole bot or any one user.
+
+In groups everyone, owners included, gets only their own figures: a group is no place for
+other people's usage or the bot's costs.
+"""
+
+from __future__ import annotations
+
+from aiogram import Router
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot import texts
+from bot.config import Settings
+from bot.services.usage import UsageService
+from bot.telegram.filters import GROUP_TYPES, NotFromBot
+from bot.telegram.replies import Replies
+from bot.telegram.usage_view import bot_report_text, user_report_text
+
+
+async def usage(
+    message: Message,
+    command: CommandObject,
+    usage_service: UsageService,
+    settings: Settings,
+    replies: Replies,
+) -> None:
+    """Show usage figures to whoever may see them."""
+    if message.from_user is None:
+        return
+    caller = message.from_user.id
+    owner = settings.is_owner(caller)
+    private = message.chat.type not in GROUP_TYPES
+    argument = (command.args or "").strip()
+    if argument:
+        if not owner:
+            await replies.text(message, texts.USAGE_NOT_YOURS)
+            return
+        if not private:
+            await replies.text(message, texts.USAGE_PRIVATE_ONLY)
+            return
+        try:
+            target = int(argument)
+        except ValueError:
+            await replies.text(message, texts.USAGE_BAD_ARGUMENT)
+            return
+        report = await usage_service.user_report(user_id=target)
+        parts = user_report_text(report, own=target == caller)
+    elif owner and private:
+        parts = bot_report_text(await usage_service.bot_report())
+    else:
+        report = await usage_service.user_report(user_id=caller)
+        footer = texts.USAGE_OWNER_IN_GROUP if owner else None
+        parts = user_report_text(report, own=True, footer=footer)
+    for part in parts:
+        await replies.text(message, part)
+
+
+def build_router() -> Router:
+    """A fresh router with this module's handlers (one per Dispatcher)."""
+    router = Router(name=__name__)
+    router.message.filter(NotFromBot())
+    router.message.register(usage, Command("usage"))
+    return router

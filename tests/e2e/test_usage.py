@@ -1,0 +1,165 @@
+"""End-to-end: /usage for users, owners and groups, and budgets that stop requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot import texts
+from tests.e2e.conftest import BotHarness
+from tests.fakes.openai import Stream
+
+ANN, BOB, OWNER = 5, 6, 9
+GROUP = -100500
+
+
+def ask(h: BotHarness, user: int, text: str, *, in_group: bool = False) -> dict[str, Any]:
+    """A message from one of the test's people, in their private chat or in the group."""
+    names = {ANN: ("Ann", "ann"), BOB: ("Bob", None), OWNER: ("Olga", "olga")}
+    first_name, username = names[user]
+    where: dict[str, Any] = {"chat_id": user}
+    if in_group:
+        where = {"chat_id": GROUP, "chat_type": "supergroup", "chat_title": "Team"}
+    return h.tg.user_message(
+        user_id=user, first_name=first_name, username=username, text=text, **where
+    )
+
+
+async def test_user_sees_own_usage_with_tiny_costs(harness: BotHarness) -> None:
+    # Gonka's published rate: USD 0.00123 per million tokens, prompt and completion alike.
+    await harness.start(price_prompt_per_million=0.00123, price_completion_per_million=0.00123)
+    harness.llm.enqueue(Stream(["Hello."], prompt_tokens=1200, completion_tokens=34))
+    ask(harness, ANN, "hi")
+    await harness.wait_text(ANN, "Hello.")
+
+    ask(harness, ANN, "/usage")
+    report = (await harness.wait_messages(ANN, lambda t: len(t) == 2))[1]
+
+    assert report.startswith(texts.USAGE_TITLE_OWN)
+    figures = "requests 1 · tokens 1,234 (prompt 1,200, completion 34) · cost $0.00000152"
+    assert f"Today: {figures}" in report
+    assert f"This month: {figures}" in report
+    assert f"All time: {figures}" in report
+    assert "≈" not in report
+    assert "UTC" in report
+    assert len(harness.llm.chat_requests) == 1  # /usage itself costs nothing
+
+
+async def test_figures_the_backend_did_not_report_are_marked_as_estimates(
+    bot: BotHarness,
+) -> None:
+    bot.llm.enqueue(Stream(["An answer whose usage is all zeros."], usage="zeros"))
+    ask(bot, ANN, "hi")
+    await bot.wait_text(ANN, "An answer whose usage is all zeros.")
+
+    ask(bot, ANN, "/usage")
+    report = (await bot.wait_messages(ANN, lambda t: len(t) == 2))[1]
+
+    assert "Today: requests 1 · tokens ≈" in report
+    assert "(prompt ≈" in report
+    assert texts.USAGE_ESTIMATED_NOTE in report
+    assert "cost" not in report  # no prices are set, so no costs are shown
+
+
+async def test_owner_sees_the_whole_bot_and_any_user_but_others_only_themselves(
+    harness: BotHarness,
+) -> None:
+    await harness.start(
+        owner_ids=str(OWNER), model_prices='{"gpt-4o-mini": {"prompt": 1, "completion": 2}}'
+    )
+    harness.llm.enqueue(
+        Stream(["For Ann."], prompt_tokens=3000, completion_tokens=1000),
+        Stream(["For Bob."], prompt_tokens=100, completion_tokens=50),
+    )
+    ask(harness, ANN, "question one")
+    await harness.wait_text(ANN, "For Ann.")
+    ask(harness, BOB, "@test_llm_bot question two", in_group=True)
+    await harness.wait_text(GROUP, "For Bob.")
+
+    ask(harness, OWNER, "/usage")
+    report = (await harness.wait_messages(OWNER, lambda t: len(t) == 1))[0]
+    assert report.startswith(texts.USAGE_TITLE_BOT)
+    assert "Today: requests 2 · tokens 4,150 (prompt 3,100, completion 1,050) · cost $0.0052" in (
+        report
+    )
+    assert (
+        "Top users this month by tokens:\n1. Ann (@ann, id 5): tokens 4,000 · cost $0.005\n"
+        in (report)
+    )
+    assert "2. Bob (id 6): tokens 150 · cost $0.0002" in report
+    assert "Top users this month by cost:" in report
+    assert "Top chats this month by tokens:\n1. Ann (@ann, id 5): tokens 4,000" in report
+    assert f"2. Team (id {GROUP}): tokens 150" in report
+
+    ask(harness, OWNER, f"/usage {BOB}")
+    one = (await harness.wait_messages(OWNER, lambda t: len(t) == 2))[1]
+    assert one.startswith("Usage of Bob (id 6)")
+    assert "Today: requests 1 · tokens 150" in one
+
+    ask(harness, ANN, f"/usage {BOB}")
+    refused = (await harness.wait_messages(ANN, lambda t: len(t) == 2))[1]
+    assert refused == texts.USAGE_NOT_YOURS
+    ask(harness, ANN, "/usage whatever")
+    await harness.wait_messages(ANN, lambda t: len(t) == 3 and t[2] == texts.USAGE_NOT_YOURS)
+    ask(harness, OWNER, "/usage whatever")
+    await harness.wait_messages(OWNER, lambda t: t[-1] == texts.USAGE_BAD_ARGUMENT)
+
+
+async def test_in_groups_everyone_sees_only_their_own_usage(harness: BotHarness) -> None:
+    await harness.start(owner_ids=str(OWNER), edit_interval_group=0.5)
+    harness.llm.enqueue(
+        Stream(["For Ann."], prompt_tokens=3000, completion_tokens=1000),
+        Stream(["For Bob."], prompt_tokens=100, completion_tokens=50),
+    )
+    ask(harness, ANN, "@test_llm_bot one", in_group=True)
+    await harness.wait_text(GROUP, "For Ann.")
+    ask(harness, BOB, "@test_llm_bot two", in_group=True)
+    await harness.wait_text(GROUP, "For Bob.")
+
+    command = ask(harness, BOB, "/usage@test_llm_bot", in_group=True)
+    texts_ = await harness.wait_messages(GROUP, lambda t: len(t) == 3)
+    mine = texts_[2]
+    assert mine.startswith(texts.USAGE_TITLE_OWN)
+    assert "tokens 150 " in mine and "4,000" not in mine and "Ann" not in mine
+    assert harness.tg.messages(GROUP)[2].reply_to_message_id == command["message"]["message_id"]
+
+    ask(harness, OWNER, "/usage", in_group=True)
+    texts_ = await harness.wait_messages(GROUP, lambda t: len(t) == 4)
+    assert texts_[3].startswith(texts.USAGE_TITLE_OWN)
+    assert "Today: nothing yet" in texts_[3]
+    assert texts_[3].endswith(texts.USAGE_OWNER_IN_GROUP)
+    assert "Top users" not in texts_[3]
+
+    ask(harness, OWNER, f"/usage {ANN}", in_group=True)
+    texts_ = await harness.wait_messages(GROUP, lambda t: len(t) == 5)
+    assert texts_[4] == texts.USAGE_PRIVATE_ONLY
+
+
+async def test_spent_budget_stops_requests_without_calling_the_backend(
+    harness: BotHarness,
+) -> None:
+    await harness.start(user_daily_tokens=100, owner_ids=str(OWNER))
+    harness.llm.enqueue(Stream(["First answer."], prompt_tokens=90, completion_tokens=20))
+    ask(harness, ANN, "first")
+    await harness.wait_text(ANN, "First answer.")
+
+    ask(harness, ANN, "second")
+    texts_ = await harness.wait_messages(ANN, lambda t: len(t) == 2)
+
+    assert "daily limit of 100 tokens" in texts_[1]
+    assert "It resets at" in texts_[1] and "UTC" in texts_[1]
+    assert len(harness.llm.chat_requests) == 1
+    ask(harness, ANN, "/usage")
+    report = (await harness.wait_messages(ANN, lambda t: len(t) == 3))[2]
+    assert "Limits:\n  • Daily: 110 of 100 tokens, reached until " in report
+
+    harness.llm.enqueue(Stream(["At your service."], prompt_tokens=500, completion_tokens=500))
+    ask(harness, OWNER, "the owner is never stopped")
+    await harness.wait_text(OWNER, "At your service.")
+    assert len(harness.llm.chat_requests) == 2
+
+
+async def test_usage_is_in_the_command_menu_and_help(bot: BotHarness) -> None:
+    assert "usage" in {c["command"] for c in bot.tg.commands_for()}
+    ask(bot, ANN, "/help")
+    help_text = (await bot.wait_messages(ANN, lambda t: len(t) == 1))[0]
+    assert "/usage" in help_text

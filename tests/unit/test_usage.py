@@ -1,0 +1,154 @@
+"""Prices and budgets in the settings, and usage figures as people read them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.config import ConfigError, Settings, load_settings
+from bot.db.usage_queries import RankedUsage
+from bot.pricing import Price
+from bot.services.usage import (
+    BotReport,
+    BudgetUse,
+    Figures,
+    ModelFigures,
+    PeriodReport,
+    format_cost,
+    format_wait,
+)
+from bot.telegram.render import TELEGRAM_TEXT_LIMIT, utf16_len
+from bot.telegram.usage_view import bot_report_text
+
+TOKEN = "123456:ABCDEF"
+
+
+def load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> Settings:
+    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's directory
+    for key in list(Settings.model_fields):
+        monkeypatch.delenv(key.upper(), raising=False)
+    monkeypatch.setenv("BOT_TOKEN", TOKEN)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return load_settings()
+
+
+def test_model_prices_fall_back_to_the_default_price(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    s = load(
+        monkeypatch,
+        tmp_path,
+        PRICE_PROMPT_PER_MILLION="0.00123",
+        PRICE_COMPLETION_PER_MILLION="0.00123",
+        PRICE_PER_IMAGE="0.04",
+        MODEL_PRICES='{"gpt-4o": {"prompt": 2.5, "completion": 10}, "dall-e-3": {"image": 0.08}}',
+    )
+    prices = s.price_list()
+    assert prices.for_model("gpt-4o") == Price(2.5, 10, 0.04)
+    assert prices.for_model("dall-e-3") == Price(0.00123, 0.00123, 0.08)
+    assert prices.for_model("anything-else") == Price(0.00123, 0.00123, 0.04)
+    assert prices.for_model("gpt-4o").cost(
+        prompt_tokens=1_000_000, completion_tokens=500_000, images=1
+    ) == pytest.approx(2.5 + 5 + 0.04)
+
+
+def test_budgets_default_to_unlimited_and_zero_means_unlimited(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    s = load(monkeypatch, tmp_path, USER_DAILY_TOKENS="0", BOT_MONTHLY_COST="12.5")
+    assert s.user_daily_tokens is None and s.user_monthly_cost is None
+    assert s.bot_monthly_cost == 12.5
+    assert s.usage_tzinfo() is UTC
+    berlin = load(monkeypatch, tmp_path, USAGE_TIMEZONE="Europe/Berlin")
+    assert str(berlin.usage_tzinfo()) == "Europe/Berlin"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "hint"),
+    [
+        ({"MODEL_PRICES": "{gpt-4o: 1}"}, "MODEL_PRICES", "must be JSON"),
+        ({"MODEL_PRICES": '{"gpt-4o": {"promt": 1}}'}, "MODEL_PRICES", "unknown field promt"),
+        ({"MODEL_PRICES": '{"gpt-4o": {"prompt": -1}}'}, "MODEL_PRICES", "0 or more"),
+        ({"MODEL_PRICES": '{"gpt-4o": 2.5}'}, "MODEL_PRICES", "must be an object"),
+        ({"PRICE_PER_IMAGE": "-0.04"}, "PRICE_PER_IMAGE", ""),
+        ({"USER_DAILY_TOKENS": "lots"}, "USER_DAILY_TOKENS", ""),
+        ({"BOT_MONTHLY_COST": "-1"}, "BOT_MONTHLY_COST", ""),
+        ({"USAGE_TIMEZONE": "Mars/Olympus"}, "USAGE_TIMEZONE", "IANA name"),
+    ],
+)
+def test_invalid_prices_budgets_and_time_zone_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], variable: str, hint: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(monkeypatch, tmp_path, **env)
+    message = str(err.value)
+    assert message.startswith(f"{variable}: ")
+    assert hint in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("cost", "shown"),
+    [
+        (0, "$0"),
+        (0.00000152, "$0.00000152"),  # 1,234 tokens at the Gonka rate
+        (0.0052, "$0.0052"),
+        (0.5, "$0.5"),
+        (0.123456, "$0.123"),
+        (1234.5, "$1,234.50"),
+    ],
+)
+def test_costs_keep_enough_decimals_to_show_tiny_amounts(cost: float, shown: str) -> None:
+    assert format_cost(cost) == shown
+
+
+def test_waits_are_rounded_up_to_the_minute() -> None:
+    assert format_wait(timedelta(seconds=30)) == "1 min"
+    assert format_wait(timedelta(hours=3, minutes=11, seconds=1)) == "3 h 12 min"
+    assert format_wait(timedelta(days=12, hours=4)) == "12 d 4 h"
+
+
+def test_a_large_owner_report_is_split_into_messages_telegram_accepts() -> None:
+    figures = Figures(requests=10**6, prompt_tokens=10**9, completion_tokens=10**8, cost=12.5)
+    models = tuple(
+        ModelFigures(model=f"vendor/model-{i}-" + "x" * 60, figures=figures) for i in range(30)
+    )
+    periods = tuple(
+        PeriodReport(period=p, total=figures, models=models) for p in ("today", "month", "all")
+    )
+    ranked = tuple(
+        RankedUsage(
+            id=10**12 + i,
+            name="Имя 🙂 " * 30,  # far longer than any name is shown
+            username="someone",
+            requests=1,
+            tokens=10**9,
+            images=0,
+            cost=1.0,
+        )
+        for i in range(10)
+    )
+    moment = datetime(2025, 6, 1, tzinfo=UTC)
+    budget = BudgetUse("bot", "monthly", "cost", 100.0, 150.0, moment, timedelta(days=3))
+    report = BotReport(
+        periods=periods,
+        top_users_by_tokens=ranked,
+        top_users_by_cost=ranked,
+        top_chats_by_tokens=ranked,
+        top_chats_by_cost=ranked,
+        budgets=(budget,),
+        priced=True,
+        timezone="UTC",
+    )
+
+    messages = bot_report_text(report)
+
+    assert len(messages) > 1
+    assert all(utf16_len(m) <= TELEGRAM_TEXT_LIMIT for m in messages)
+    text = "\n".join(messages)
+    assert text.count("vendor/model-") == 90  # nothing lost between messages
+    assert text.count("(@someone, id 10000000000") == 40
+    assert "Monthly: $150.00 of $100.00, reached until 2025-06-01 00:00 UTC" in text
