@@ -1,0 +1,324 @@
+"""The image service: per-user limits, one image from the backend, a usage record per request.
+
+Limits count the `usage_records` of kind "image", per user across all chats; owners are exempt.
+
+* Cooldown (IMAGE_COOLDOWN_SECONDS): measured from the end of the user's previous image
+  request, successful or not. Failed requests count too: each one still cost a slow backend call
+  and put messages into the chat, so retrying a failing prompt in a loop is paced as well.
+* Daily limit (IMAGE_DAILY_LIMIT): successful images in the last 24 hours (a rolling window, so
+  the answer can say exactly when the next image is possible). Failures do not use it up.
+
+Requests refused by these limits never reach the backend and are not recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from bot import texts
+from bot.db.models import utcnow
+from bot.db.repositories import ChatRepository, NewUsage, UsageRepository, UserRepository
+from bot.llm.errors import (
+    LLMAuthError,
+    LLMBadRequestError,
+    LLMContentPolicyError,
+    LLMError,
+    LLMHTTPError,
+    LLMImageDownloadError,
+    LLMNotFoundError,
+    LLMProtocolError,
+    LLMRateLimitError,
+    LLMTimeoutError,
+    LLMUnavailableError,
+)
+from bot.llm.images import GeneratedImage, ImageApiSetting, ImageClient, choose_image_api
+
+logger = logging.getLogger(__name__)
+
+DAY = timedelta(hours=24)
+
+RefusalReason = Literal[
+    "disabled", "busy", "cooldown", "daily_limit", "content_policy", "timeout", "failed"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRequest:
+    """A user's request for an image."""
+
+    chat_id: int
+    chat_type: str
+    chat_title: str | None
+    user_id: int
+    user_full_name: str
+    username: str | None
+    language_code: str | None
+    prompt: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageConfig:
+    """Settings the image service needs."""
+
+    model: str  # empty: image generation is off
+    api: ImageApiSetting
+    size: str
+    cooldown_seconds: int  # 0: no cooldown
+    daily_limit: int  # 0: no daily limit
+    exempt_user_ids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ImageReady:
+    """A generated image, ready to be sent."""
+
+    data: bytes
+    mime_type: str
+    filename: str
+    width: int | None
+    height: int | None
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImageRefusal:
+    """Why no image was made, with the explanation for the person who asked."""
+
+    reason: RefusalReason
+    text: str
+    retry_in: float | None = None  # seconds until a limit lets the user try again
+
+
+ImageOutcome = ImageReady | ImageRefusal
+
+
+class ImageService:
+    """Generates images on request, within each user's cooldown and daily limit."""
+
+    def __init__(
+        self,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        images: ImageClient,
+        config: ImageConfig,
+        now: Callable[[], datetime] = utcnow,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._sessions = sessions
+        self._images = images
+        self._config = config
+        self._now = now
+        self._clock = clock
+        # Users with an image in progress: limits are counted from finished requests, so without
+        # this one user could start several at once from different chats.
+        self._running: set[int] = set()
+
+    @property
+    def enabled(self) -> bool:
+        """True when an image model is configured."""
+        return bool(self._config.model)
+
+    async def generate(
+        self,
+        *,
+        request: ImageRequest,
+        on_start: Callable[[], Awaitable[object]] | None = None,
+    ) -> ImageOutcome:
+        """Make one image for `request`, or say why not; every backend request is recorded.
+
+        `on_start` is awaited once the checks have passed, just before the backend is asked
+        (the handler shows "sending a photo…" from then on).
+        """
+        exempt = request.user_id in self._config.exempt_user_ids
+        if self.enabled and not exempt and request.user_id in self._running:
+            return ImageRefusal("busy", texts.IMAGE_BUSY)
+        if not exempt:
+            self._running.add(request.user_id)
+        try:
+            refusal = await self.check(request=request)
+            if refusal is not None:
+                return refusal
+            if on_start is not None:
+                await on_start()
+            return await self._generate(request)
+        finally:
+            if not exempt:
+                self._running.discard(request.user_id)
+
+    async def check(self, *, request: ImageRequest) -> ImageRefusal | None:
+        """Decide whether `request` may generate an image now; None if it may.
+
+        This is the one place for checks made before generating (budgets belong here too).
+        """
+        if not self.enabled:
+            return ImageRefusal("disabled", texts.IMAGE_DISABLED)
+        if request.user_id in self._config.exempt_user_ids:
+            return None
+        cooldown = timedelta(seconds=self._config.cooldown_seconds)
+        limit = self._config.daily_limit
+        if not cooldown and not limit:
+            return None
+        now = self._now()
+        async with self._sessions() as session:
+            usage = UsageRepository(session)
+            if cooldown:
+                last = await usage.last_image_at(user_id=request.user_id, since=now - cooldown)
+                if last is not None:
+                    wait = (last + cooldown - now).total_seconds()
+                    return ImageRefusal(
+                        "cooldown", texts.IMAGE_COOLDOWN.format(wait=format_wait(wait)), wait
+                    )
+            if limit:
+                made = await usage.image_times(
+                    user_id=request.user_id, since=now - DAY, limit=limit
+                )
+                if len(made) >= limit:
+                    # The oldest of the last `limit` images leaves the window first.
+                    wait = (made[-1] + DAY - now).total_seconds()
+                    text = texts.IMAGE_DAILY_LIMIT.format(limit=limit, wait=format_wait(wait))
+                    return ImageRefusal("daily_limit", text, wait)
+        return None
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    async def _generate(self, request: ImageRequest) -> ImageOutcome:
+        config = self._config
+        api = choose_image_api(config.api, config.model)
+        started = self._clock()
+        image: GeneratedImage | None = None
+        failure: BaseException | None = None
+        try:
+            image = await self._images.generate(
+                model=config.model, prompt=request.prompt, size=config.size, api=api
+            )
+        except LLMError as exc:
+            failure = exc
+        except asyncio.CancelledError as exc:
+            # Shutdown: record the attempt, then stop.
+            failure = exc
+        latency_ms = int((self._clock() - started) * 1000)
+        # The images API is priced by the size asked for; chat-style models take no size, so
+        # the size received is kept instead.
+        size: str | None = config.size if api == "images" else None
+        if api == "chat" and image is not None and image.width and image.height:
+            size = f"{image.width}x{image.height}"
+        await self._record(
+            request=request, image=image, size=size, latency_ms=latency_ms, failure=failure
+        )
+        logger.info(
+            "image chat=%s user=%s model=%s api=%s size=%s bytes=%s latency_ms=%s status=%s",
+            request.chat_id,
+            request.user_id,
+            config.model,
+            api,
+            size,
+            len(image.data) if image else 0,
+            latency_ms,
+            "ok" if failure is None else f"error:{type(failure).__name__}",
+        )
+        if isinstance(failure, asyncio.CancelledError):
+            raise failure
+        if image is None:
+            return describe_image_error(failure, model=config.model)
+        return ImageReady(
+            data=image.data,
+            mime_type=image.mime_type,
+            filename=f"image.{image.extension}",
+            width=image.width,
+            height=image.height,
+            model=config.model,
+        )
+
+    async def _record(
+        self,
+        *,
+        request: ImageRequest,
+        image: GeneratedImage | None,
+        size: str | None,
+        latency_ms: int,
+        failure: BaseException | None,
+    ) -> None:
+        """Record the request's usage (and who asked where) in one short transaction."""
+        usage = image.usage if image is not None else None
+        async with self._sessions() as session, session.begin():
+            await ChatRepository(session).upsert(
+                chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
+            )
+            await UserRepository(session).upsert(
+                user_id=request.user_id,
+                username=request.username,
+                full_name=request.user_full_name,
+                language_code=request.language_code,
+            )
+            await UsageRepository(session).add(
+                NewUsage(
+                    user_id=request.user_id,
+                    chat_id=request.chat_id,
+                    model=self._config.model,
+                    kind="image",
+                    # Images are priced per image unless the backend reports tokens (gpt-image-1).
+                    prompt_tokens=usage.prompt_tokens if usage else 0,
+                    completion_tokens=usage.completion_tokens if usage else 0,
+                    estimated=False,
+                    status="ok" if image is not None else "error",
+                    latency_ms=latency_ms,
+                    images=1 if image is not None else 0,
+                    size=size,
+                    error=_short_error(failure),
+                )
+            )
+
+
+def describe_image_error(failure: BaseException | None, *, model: str) -> ImageRefusal:
+    """Why an image could not be made, for the person who asked."""
+    if isinstance(failure, LLMContentPolicyError):
+        return ImageRefusal("content_policy", texts.IMAGE_REFUSED)
+    if isinstance(failure, LLMTimeoutError) and failure.phase != "connect":
+        return ImageRefusal("timeout", texts.IMAGE_TIMEOUT.format(seconds=f"{failure.seconds:g}"))
+    if isinstance(failure, LLMAuthError):
+        text = texts.ERR_AUTH
+    elif isinstance(failure, LLMNotFoundError):
+        text = texts.IMAGE_ERR_NOT_FOUND.format(model=model)
+    elif isinstance(failure, LLMBadRequestError):
+        text = texts.IMAGE_ERR_BAD_REQUEST.format(detail=failure.message[:200])
+    elif isinstance(failure, LLMRateLimitError):
+        text = texts.ERR_RATE_LIMIT
+    elif isinstance(failure, LLMImageDownloadError):
+        text = texts.IMAGE_ERR_DOWNLOAD
+    elif isinstance(failure, LLMUnavailableError | LLMTimeoutError):
+        text = texts.ERR_UNAVAILABLE
+    elif isinstance(failure, LLMHTTPError):
+        text = texts.IMAGE_ERR_SERVER.format(detail=failure.message[:200])
+    elif isinstance(failure, LLMProtocolError):
+        text = texts.IMAGE_ERR_NO_IMAGE
+    else:
+        text = texts.ERR_GENERIC
+    return ImageRefusal("failed", text)
+
+
+def format_wait(seconds: float) -> str:
+    """A wait for people, rounded up: 45 s, 12 min, 3 h 5 min."""
+    if seconds < 60:
+        return texts.WAIT_SECONDS.format(seconds=max(1, math.ceil(seconds)))
+    minutes = math.ceil(seconds / 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return texts.WAIT_HOURS.format(hours=hours, minutes=minutes)
+    return texts.WAIT_MINUTES.format(minutes=minutes)
+
+
+def _short_error(failure: BaseException | None) -> str | None:
+    if failure is None:
+        return None
+    if isinstance(failure, asyncio.CancelledError):
+        return "cancelled"
+    return str(failure)[:300] or type(failure).__name__

@@ -1,0 +1,77 @@
+"""/image: draw a picture from the command's text, or from the message it replies to."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiogram import Router
+from aiogram.enums import ChatAction
+from aiogram.filters import Command, CommandObject
+from aiogram.types import Message
+
+from bot import texts
+from bot.services.images import ImageRefusal, ImageRequest, ImageService
+from bot.telegram.filters import NotFromBot
+from bot.telegram.replies import Replies
+
+
+async def draw(
+    message: Message, command: CommandObject, image_service: ImageService, replies: Replies
+) -> None:
+    """Generate an image and send it as a photo captioned with its description."""
+    prompt = (command.args or "").strip() or _replied_text(message)
+    if not prompt or message.from_user is None:
+        await replies.text(message, texts.IMAGE_USAGE)
+        return
+    user = message.from_user
+    request = ImageRequest(
+        chat_id=message.chat.id,
+        chat_type=message.chat.type,
+        chat_title=message.chat.title,
+        user_id=user.id,
+        user_full_name=user.full_name,
+        username=user.username,
+        language_code=user.language_code,
+        prompt=prompt,
+    )
+    # "sending a photo…" stays on from the backend request until the photo is in the chat.
+    async with replies.chat_action(message, ChatAction.UPLOAD_PHOTO) as action:
+        try:
+            outcome = await image_service.generate(request=request, on_start=action.start)
+        except asyncio.CancelledError:
+            await action.stop()
+            await replies.text(message, texts.IMAGE_INTERRUPTED)
+            raise
+        if isinstance(outcome, ImageRefusal):
+            await action.stop()
+            await replies.text(message, outcome.text)
+            return
+        sent = await replies.image(
+            message,
+            data=outcome.data,
+            filename=outcome.filename,
+            mime_type=outcome.mime_type,
+            width=outcome.width,
+            height=outcome.height,
+            caption=prompt,
+        )
+    if not sent:
+        await replies.text(message, texts.IMAGE_SEND_FAILED)
+
+
+def _replied_text(message: Message) -> str:
+    """The prompt taken from a reply: the quoted part, else the whole text or caption."""
+    if message.quote is not None and message.quote.text.strip():
+        return message.quote.text.strip()
+    replied = message.reply_to_message
+    if replied is None:
+        return ""
+    return (replied.text or replied.caption or "").strip()
+
+
+def build_router() -> Router:
+    """A fresh router with this module's handlers (one per Dispatcher)."""
+    router = Router(name=__name__)
+    router.message.filter(NotFromBot())
+    router.message.register(draw, Command("image"))
+    return router
