@@ -95,11 +95,12 @@ async def build_app(settings: Settings) -> App:
         exempt_user_ids=frozenset(settings.owner_ids),
     )
     usage_service = UsageService(sessions=sessions, policy=usage_policy)
+    budgets = BudgetService(sessions=sessions, policy=usage_policy)
     chat_service = ChatService(
         sessions=sessions,
         llm=llm,
         tokens=TokenCounter(),
-        budgets=BudgetService(sessions=sessions, policy=usage_policy),
+        budgets=budgets,
         context_window_for=model_service.context_window,
         config=ChatConfig(
             default_model=settings.llm_model,
@@ -112,6 +113,7 @@ async def build_app(settings: Settings) -> App:
     )
     image_service = ImageService(
         sessions=sessions,
+        budgets=budgets,
         images=ImageClient(
             http=http,
             base_url=settings.llm_base_url,

@@ -41,13 +41,14 @@ from bot.llm.errors import (
     LLMUnavailableError,
 )
 from bot.llm.images import GeneratedImage, ImageApiSetting, ImageClient, choose_image_api
+from bot.services.usage import BudgetService
 
 logger = logging.getLogger(__name__)
 
 DAY = timedelta(hours=24)
 
 RefusalReason = Literal[
-    "disabled", "busy", "cooldown", "daily_limit", "content_policy", "timeout", "failed"
+    "disabled", "busy", "cooldown", "daily_limit", "content_policy", "timeout", "failed", "budget"
 ]
 
 
@@ -110,12 +111,14 @@ class ImageService:
         sessions: async_sessionmaker[AsyncSession],
         images: ImageClient,
         config: ImageConfig,
+        budgets: BudgetService | None = None,
         now: Callable[[], datetime] = utcnow,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self._images = images
         self._config = config
+        self._budgets = budgets
         self._now = now
         self._clock = clock
         # Users with an image in progress: limits are counted from finished requests, so without
@@ -163,6 +166,10 @@ class ImageService:
             return ImageRefusal("disabled", texts.IMAGE_DISABLED)
         if request.user_id in self._config.exempt_user_ids:
             return None
+        if self._budgets is not None:
+            block = await self._budgets.check(user_id=request.user_id)
+            if block is not None:
+                return ImageRefusal("budget", block.message, block.resets_in.total_seconds())
         cooldown = timedelta(seconds=self._config.cooldown_seconds)
         limit = self._config.daily_limit
         if not cooldown and not limit:

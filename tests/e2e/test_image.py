@@ -301,3 +301,17 @@ async def test_image_cut_short_by_a_restart_is_explained(harness: BotHarness) ->
     await bot.start(**NO_LIMITS, image_model="dall-e-3")
     [row] = await usage_rows(bot)
     assert (row.status, row.error) == ("error", "cancelled")
+
+
+async def test_spent_cost_budget_stops_image_requests_before_the_backend(
+    harness: BotHarness,
+) -> None:
+    bot = await start(harness, price_per_image=0.05, user_daily_cost=0.04)
+    bot.llm.enqueue_image(ImageResult(b64=make_png(8, 8)))
+    bot.tg.user_message(chat_id=CHAT, text=f"/image {PROMPT}", user_id=CHAT)
+    await wait_media(bot, CHAT)
+    bot.tg.user_message(chat_id=CHAT, text="/image another one", user_id=CHAT)
+    await bot.tg.wait_for(
+        lambda t: any(m.kind == "text" and "daily" in m.text for m in t.messages(CHAT))
+    )
+    assert len(bot.llm.image_requests) == 1  # the refused request cost nothing
