@@ -12,21 +12,26 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
-from aiogram.types import BotCommand
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot import texts
+from bot import i18n
 from bot.config import Settings
 from bot.db.engine import create_engine, create_sessionmaker, migrate
 from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
 from bot.llm.images import ImageClient
 from bot.services.chat import ChatConfig, ChatService
 from bot.services.images import ImageConfig, ImageService
+from bot.services.languages import LanguageService
 from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
 from bot.services.usage import BudgetService, Limits, UsagePolicy, UsageService
-from bot.telegram.handlers import chat, common, errors, image, model, usage
-from bot.telegram.middlewares import AccessMiddleware, ChatSequencer, InflightTracker
+from bot.telegram.handlers import chat, common, errors, image, language, model, usage
+from bot.telegram.middlewares import (
+    AccessMiddleware,
+    ChatSequencer,
+    InflightTracker,
+    LocaleMiddleware,
+)
 from bot.telegram.pacing import FloodGate
 from bot.telegram.replies import Replies
 
@@ -49,6 +54,8 @@ class App:
 
 async def build_app(settings: Settings) -> App:
     """Create the database (migrated), HTTP client, services, bot and dispatcher."""
+    # Compiled now, so a broken translation file stops the bot at start, not at a message.
+    i18n.catalogues()
     engine = create_engine(settings.database_url)
     await migrate(engine)
     sessions = create_sessionmaker(engine)
@@ -95,6 +102,9 @@ async def build_app(settings: Settings) -> App:
         exempt_user_ids=frozenset(settings.owner_ids),
     )
     usage_service = UsageService(sessions=sessions, policy=usage_policy)
+    language_service = LanguageService(
+        sessions=sessions, default_language=settings.default_language or None
+    )
     budgets = BudgetService(sessions=sessions, policy=usage_policy)
     chat_service = ChatService(
         sessions=sessions,
@@ -145,11 +155,18 @@ async def build_app(settings: Settings) -> App:
         image_service=image_service,
         usage_service=usage_service,
         model_service=model_service,
+        language_service=language_service,
         replies=Replies(bot=bot, gate=gate),
         settings=settings,
     )
     dispatcher.update.outer_middleware(tracker)
     dispatcher.message.outer_middleware(ChatSequencer())
+    # After the sequencer (its first lookup of a user awaits the database, which must not let
+    # a chat's later message overtake an earlier one) and before access control, so even the
+    # refusal is in the sender's language.
+    locale = LocaleMiddleware(language_service)
+    dispatcher.message.outer_middleware(locale)
+    dispatcher.callback_query.outer_middleware(locale)
     access = AccessMiddleware(
         owner_ids=settings.owner_ids,
         allowed_user_ids=settings.allowed_user_ids,
@@ -163,6 +180,7 @@ async def build_app(settings: Settings) -> App:
         common.build_router(),
         model.build_router(),
         usage.build_router(),
+        language.build_router(),
         image.build_router(),
         chat.build_router(),
     )
@@ -201,14 +219,12 @@ async def _on_startup(app: App) -> None:
     )
     try:
         await app.bot.delete_webhook(drop_pending_updates=False)
-        await app.bot.set_my_commands(
-            [
-                BotCommand(command=c, description=d)
-                for c, d in texts.COMMANDS
-                # /image is left out of the menu while no image model is configured.
-                if c != "image" or app.settings.image_model
-            ]
-        )
+        # Telegram shows each user the menu of their app's language, else the default one
+        # (registered without a language code). A fixed DEFAULT_LANGUAGE words them all alike.
+        for code in (None, *(c for c in i18n.LOCALES if c != i18n.DEFAULT_LOCALE)):
+            with i18n.use_locale(app.settings.default_language or code or i18n.DEFAULT_LOCALE):
+                commands = common.command_menu(images=bool(app.settings.image_model))
+            await app.bot.set_my_commands(commands, language_code=code)
     except TelegramAPIError as exc:
         logger.warning("could not register the command menu: %s", exc)
 

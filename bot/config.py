@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.i18n import LOCALES
 from bot.pricing import Price, PriceList
 
 IdList = Annotated[list[int], NoDecode]
@@ -91,6 +92,10 @@ class Settings(BaseSettings):
     bot_daily_cost: float | None = Field(default=None, ge=0)
     bot_monthly_cost: float | None = Field(default=None, ge=0)
     usage_timezone: str = "UTC"
+
+    # The language of everyone who has not chosen one with /language (en, ru or zh); empty
+    # follows each user's Telegram app.
+    default_language: str = ""
 
     edit_interval_private: float = Field(default=1.0, gt=0)
     edit_interval_group: float = Field(default=3.0, gt=0)
@@ -177,6 +182,16 @@ class Settings(BaseSettings):
                 return driver + value[len(plain) :]
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("use sqlite:///path/to/file.db or postgresql://user@host/db")
+        return value
+
+    @field_validator("default_language", mode="before")
+    @classmethod
+    def _check_language(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = value.strip().lower()
+        if value and value not in LOCALES:
+            raise ValueError(f"must be empty or one of {', '.join(LOCALES)}")
         return value
 
     @field_validator("log_level")

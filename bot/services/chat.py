@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import texts
 from bot.db.repositories import (
     ChatRepository,
     NewTurn,
@@ -21,6 +20,7 @@ from bot.db.repositories import (
     UsageRepository,
     UserRepository,
 )
+from bot.i18n import _, format_number, ngettext
 from bot.llm.client import LLMClient
 from bot.llm.errors import (
     LLMAuthError,
@@ -140,7 +140,7 @@ class ChatService:
             model=model, history=history, user_content=user_content, is_group=request.is_group
         )
         if isinstance(prompt, int):
-            await sink.fail(texts.TOO_LONG.format(tokens=prompt, limit=self._budget(model)))
+            await sink.fail(_too_long(tokens=prompt, limit=self._budget(model)))
             return ReplyOutcome(status="rejected", model=model)
 
         started = self._clock()
@@ -210,12 +210,14 @@ class ChatService:
         )
 
         if status == "ok" and not has_text:
-            await sink.fail(texts.EMPTY_ANSWER)
+            await sink.fail(
+                _("The model returned an empty answer. Please try rephrasing your message.")
+            )
         elif status == "ok":
-            note = texts.TRUNCATED if finish_reason == "length" else None
+            note = _truncated() if finish_reason == "length" else None
             await sink.finish(note=note)
         elif status == "interrupted":
-            await sink.finish(note=texts.INTERRUPTED.format(reason=_interruption_reason(failure)))
+            await sink.finish(note=_interrupted(_interruption_reason(failure)))
         else:
             await sink.fail(describe_error(failure, model=model))
         if isinstance(failure, asyncio.CancelledError):
@@ -381,34 +383,63 @@ def _short_error(failure: BaseException | None) -> str | None:
     return str(failure)[:300] or type(failure).__name__
 
 
+def _too_long(*, tokens: int, limit: int) -> str:
+    return ngettext(
+        "Your message is too long for this model ({count} token; at most {limit} fit). "
+        "Please shorten it or split it into parts.",
+        "Your message is too long for this model ({count} tokens; at most {limit} fit). "
+        "Please shorten it or split it into parts.",
+        tokens,
+    ).format(count=format_number(tokens), limit=format_number(limit))
+
+
+def _truncated() -> str:
+    return _("⚠️ The answer was cut off: it reached the maximum answer length (MAX_TOKENS).")
+
+
+def _interrupted(reason: str) -> str:
+    return _("⚠️ The answer was interrupted: {reason}").format(reason=reason)
+
+
 def _interruption_reason(failure: BaseException | None) -> str:
     if isinstance(failure, asyncio.CancelledError):
-        return texts.REASON_SHUTDOWN
+        # TRANSLATORS: each reason completes "⚠️ The answer was interrupted: {reason}".
+        return _("the bot was restarted")
     if isinstance(failure, LLMTimeoutError):
-        return texts.REASON_TIMEOUT
+        return _("the AI backend stopped responding")
     if isinstance(failure, LLMUnavailableError):
-        return texts.REASON_CONNECTION
-    return texts.REASON_SERVER
+        return _("the connection to the AI backend was lost")
+    return _("the AI backend reported an error")
 
 
 def describe_error(failure: BaseException | None, *, model: str) -> str:
     """A plain explanation of a backend failure for the person chatting."""
     if isinstance(failure, LLMAuthError):
-        return texts.ERR_AUTH
+        return _(
+            "The AI backend refused the bot's API key. The bot's owner needs to fix LLM_API_KEY."
+        )
     if isinstance(failure, LLMNotFoundError):
-        return texts.ERR_MODEL_NOT_FOUND.format(model=model)
+        return _(
+            "The model “{model}” is not available on the AI backend (it may have been removed). "
+            "Send /model to choose another one."
+        ).format(model=model)
     if isinstance(failure, LLMContextLengthError):
-        return texts.ERR_CONTEXT
+        return _(
+            "The conversation is too long for the model. Use /reset to start a new one and try "
+            "again."
+        )
     if isinstance(failure, LLMBadRequestError):
-        return texts.ERR_BAD_REQUEST.format(detail=failure.message[:200])
+        return _("The AI backend rejected the request: {detail}").format(
+            detail=failure.message[:200]
+        )
     if isinstance(failure, LLMRateLimitError):
-        return texts.ERR_RATE_LIMIT
+        return _("The AI backend is busy (too many requests). Please try again in a minute.")
     if isinstance(failure, LLMTimeoutError):
-        return texts.ERR_TIMEOUT
+        return _("The AI backend took too long to answer. Please try again later.")
     if isinstance(failure, LLMUnavailableError):
-        return texts.ERR_UNAVAILABLE
+        return _("The AI backend cannot be reached right now. Please try again later.")
     if isinstance(failure, (LLMServerError, LLMHTTPError)):
-        return texts.ERR_SERVER
+        return _("The AI backend failed to answer (server error). Please try again later.")
     if isinstance(failure, asyncio.CancelledError):
-        return texts.INTERRUPTED.format(reason=texts.REASON_SHUTDOWN)
-    return texts.ERR_GENERIC
+        return _interrupted(_("the bot was restarted"))
+    return _("Something went wrong while answering. Please try again.")

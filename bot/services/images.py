@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -24,9 +23,9 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import texts
 from bot.db.models import utcnow
 from bot.db.repositories import ChatRepository, NewUsage, UsageRepository, UserRepository
+from bot.i18n import _, format_duration, format_number, ngettext
 from bot.llm.errors import (
     LLMAuthError,
     LLMBadRequestError,
@@ -41,6 +40,7 @@ from bot.llm.errors import (
     LLMUnavailableError,
 )
 from bot.llm.images import GeneratedImage, ImageApiSetting, ImageClient, choose_image_api
+from bot.services.chat import describe_error
 from bot.services.usage import BudgetService
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,10 @@ class ImageService:
         """
         exempt = request.user_id in self._config.exempt_user_ids
         if self.enabled and not exempt and request.user_id in self._running:
-            return ImageRefusal("busy", texts.IMAGE_BUSY)
+            text = _(
+                "Your previous image is still being drawn. Please wait for it before asking again."
+            )
+            return ImageRefusal("busy", text)
         if not exempt:
             self._running.add(request.user_id)
         try:
@@ -163,7 +166,11 @@ class ImageService:
         This is the one place for checks made before generating (budgets belong here too).
         """
         if not self.enabled:
-            return ImageRefusal("disabled", texts.IMAGE_DISABLED)
+            text = _(
+                "Image generation is not enabled on this bot. The bot's owner can turn it on by "
+                "setting IMAGE_MODEL."
+            )
+            return ImageRefusal("disabled", text)
         if request.user_id in self._config.exempt_user_ids:
             return None
         if self._budgets is not None:
@@ -181,9 +188,11 @@ class ImageService:
                 last = await usage.last_image_at(user_id=request.user_id, since=now - cooldown)
                 if last is not None:
                     wait = (last + cooldown - now).total_seconds()
-                    return ImageRefusal(
-                        "cooldown", texts.IMAGE_COOLDOWN.format(wait=format_wait(wait)), wait
-                    )
+                    text = _(
+                        "Please wait a little between images: you can ask for the next one in "
+                        "{wait}."
+                    ).format(wait=format_duration(wait))
+                    return ImageRefusal("cooldown", text, wait)
             if limit:
                 made = await usage.image_times(
                     user_id=request.user_id, since=now - DAY, limit=limit
@@ -191,7 +200,13 @@ class ImageService:
                 if len(made) >= limit:
                     # The oldest of the last `limit` images leaves the window first.
                     wait = (made[-1] + DAY - now).total_seconds()
-                    text = texts.IMAGE_DAILY_LIMIT.format(limit=limit, wait=format_wait(wait))
+                    text = ngettext(
+                        "You have had your {count} image for the last 24 hours. You can ask for "
+                        "the next one in {wait}.",
+                        "You have had your {count} images for the last 24 hours. You can ask for "
+                        "the next one in {wait}.",
+                        limit,
+                    ).format(count=format_number(limit), wait=format_duration(wait))
                     return ImageRefusal("daily_limit", text, wait)
         return None
 
@@ -288,39 +303,41 @@ class ImageService:
 def describe_image_error(failure: BaseException | None, *, model: str) -> ImageRefusal:
     """Why an image could not be made, for the person who asked."""
     if isinstance(failure, LLMContentPolicyError):
-        return ImageRefusal("content_policy", texts.IMAGE_REFUSED)
+        text = _(
+            "The image service refused this description under its content policy. Please "
+            "describe something else."
+        )
+        return ImageRefusal("content_policy", text)
     if isinstance(failure, LLMTimeoutError) and failure.phase != "connect":
-        return ImageRefusal("timeout", texts.IMAGE_TIMEOUT.format(seconds=f"{failure.seconds:g}"))
-    if isinstance(failure, LLMAuthError):
-        text = texts.ERR_AUTH
+        text = _("Drawing the image took too long (over {seconds} s). Please try again later.")
+        return ImageRefusal("timeout", text.format(seconds=format_number(failure.seconds)))
+    if isinstance(failure, LLMAuthError | LLMRateLimitError):
+        # Worded once, by the chat service: they read the same for answers and images.
+        text = describe_error(failure, model=model)
     elif isinstance(failure, LLMNotFoundError):
-        text = texts.IMAGE_ERR_NOT_FOUND.format(model=model)
+        text = _(
+            "The image model “{model}” is not available on the AI backend, or the backend cannot "
+            "draw images. The bot's owner needs to change IMAGE_MODEL."
+        ).format(model=model)
     elif isinstance(failure, LLMBadRequestError):
-        text = texts.IMAGE_ERR_BAD_REQUEST.format(detail=failure.message[:200])
-    elif isinstance(failure, LLMRateLimitError):
-        text = texts.ERR_RATE_LIMIT
+        text = _("The AI backend rejected the image request: {detail}").format(
+            detail=failure.message[:200]
+        )
     elif isinstance(failure, LLMImageDownloadError):
-        text = texts.IMAGE_ERR_DOWNLOAD
+        text = _(
+            "The image was drawn, but downloading it from the AI backend failed. Please try again."
+        )
     elif isinstance(failure, LLMUnavailableError | LLMTimeoutError):
-        text = texts.ERR_UNAVAILABLE
+        # A timeout here is a connect timeout: the backend was never reached.
+        text = _("The AI backend cannot be reached right now. Please try again later.")
     elif isinstance(failure, LLMHTTPError):
-        text = texts.IMAGE_ERR_SERVER.format(detail=failure.message[:200])
+        text = _("The AI backend failed to draw the image ({detail}). Please try again later.")
+        text = text.format(detail=failure.message[:200])
     elif isinstance(failure, LLMProtocolError):
-        text = texts.IMAGE_ERR_NO_IMAGE
+        text = _("The AI backend answered without a usable image. Please try again.")
     else:
-        text = texts.ERR_GENERIC
+        text = describe_error(failure, model=model)
     return ImageRefusal("failed", text)
-
-
-def format_wait(seconds: float) -> str:
-    """A wait for people, rounded up: 45 s, 12 min, 3 h 5 min."""
-    if seconds < 60:
-        return texts.WAIT_SECONDS.format(seconds=max(1, math.ceil(seconds)))
-    minutes = math.ceil(seconds / 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return texts.WAIT_HOURS.format(hours=hours, minutes=minutes)
-    return texts.WAIT_MINUTES.format(minutes=minutes)
 
 
 def _short_error(failure: BaseException | None) -> str | None:

@@ -7,7 +7,6 @@ the token and image counts at query time, so changing a price re-prices the past
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -15,10 +14,18 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import texts
 from bot.db.models import utcnow
 from bot.db.repositories import UserRepository
 from bot.db.usage_queries import ModelUsage, RankedUsage, UsageQueries, UsageSums
+from bot.i18n import (
+    _,
+    format_duration,
+    format_moment,
+    format_money,
+    format_number,
+    ngettext,
+    zone_name,
+)
 from bot.pricing import PriceList
 
 Scope = Literal["user", "bot"]
@@ -118,12 +125,30 @@ class BudgetUse:
     @property
     def message(self) -> str:
         """A plain explanation for the person whose request was refused."""
-        template = texts.BUDGET_USER if self.scope == "user" else texts.BUDGET_BOT
+        if self.scope == "user" and self.window == "daily":
+            template = _(
+                "You have used up your daily limit of {limit}, so I cannot answer right now. "
+                "It resets at {reset} (in {wait})."
+            )
+        elif self.scope == "user":
+            template = _(
+                "You have used up your monthly limit of {limit}, so I cannot answer right now. "
+                "It resets at {reset} (in {wait})."
+            )
+        elif self.window == "daily":
+            template = _(
+                "This bot has used up its daily limit of {limit} for everyone, so I cannot "
+                "answer right now. It resets at {reset} (in {wait})."
+            )
+        else:
+            template = _(
+                "This bot has used up its monthly limit of {limit} for everyone, so I cannot "
+                "answer right now. It resets at {reset} (in {wait})."
+            )
         return template.format(
-            window=texts.BUDGET_DAILY if self.window == "daily" else texts.BUDGET_MONTHLY,
             limit=format_amount(self.unit, self.limit),
             reset=format_moment(self.resets_at),
-            wait=format_wait(self.resets_in),
+            wait=format_duration(self.resets_in.total_seconds()),
         )
 
 
@@ -219,7 +244,7 @@ class UsageService:
     @property
     def timezone_name(self) -> str:
         """The name of the time zone days and months are counted in."""
-        return _zone_name(self._policy.timezone)
+        return zone_name(self._policy.timezone)
 
     async def user_report(self, *, user_id: int) -> UserReport:
         """One user's usage for today, this month and all time, with their budgets."""
@@ -461,48 +486,13 @@ def _uses(
     return uses
 
 
-def _zone_name(tz: tzinfo) -> str:
-    return str(getattr(tz, "key", None) or tz.tzname(None) or "UTC")
-
-
 # ---- formatting for people ------------------------------------------------------------------
 
 
-def format_tokens(tokens: int | float) -> str:
-    """A token count with thousands separators: 1,234,567."""
-    return f"{int(tokens):,}"
-
-
-def format_cost(cost: float) -> str:
-    """A cost in dollars, with enough decimals to show tiny amounts: $0.0000123."""
-    if cost <= 0:
-        return "$0"
-    if cost >= 1:
-        return f"${cost:,.2f}"
-    # Three significant digits, never in exponent notation.
-    decimals = min(15, 2 - math.floor(math.log10(cost)))
-    return f"${cost:.{decimals}f}".rstrip("0").rstrip(".")
-
-
 def format_amount(unit: Unit, value: float) -> str:
-    """A budget amount: tokens or dollars."""
+    """A budget amount in the current locale: 1,000 tokens, or dollars."""
     if unit == "tokens":
-        return texts.AMOUNT_TOKENS.format(tokens=format_tokens(value))
-    return format_cost(value)
-
-
-def format_moment(moment: datetime) -> str:
-    """A reset time with its time zone: 2025-06-01 00:00 Europe/Berlin."""
-    return f"{moment:%Y-%m-%d %H:%M} {_zone_name(moment.tzinfo or UTC)}"
-
-
-def format_wait(wait: timedelta) -> str:
-    """A duration for people, rounded up to the minute: 3 h 12 min."""
-    minutes = max(1, math.ceil(wait.total_seconds() / 60))
-    days, rest = divmod(minutes, 24 * 60)
-    hours, minutes = divmod(rest, 60)
-    if days:
-        return texts.WAIT_DAYS.format(days=days, hours=hours)
-    if hours:
-        return texts.WAIT_HOURS.format(hours=hours, minutes=minutes)
-    return texts.WAIT_MINUTES.format(minutes=minutes)
+        return ngettext("{count} token", "{count} tokens", int(value)).format(
+            count=format_number(int(value))
+        )
+    return format_money(value)

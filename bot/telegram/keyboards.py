@@ -8,6 +8,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardMarkup
 from aiogram.utils.keyboard import InlineKeyboardBuilder
 
+from bot.i18n import LANGUAGE_NAMES, _
 from bot.llm.types import ModelInfo
 from bot.services.models import Page, label
 
@@ -35,6 +36,15 @@ class ModelPage(CallbackData, prefix="mdp"):
 
 class ModelNoop(CallbackData, prefix="mdn"):
     """The page counter: pressing it does nothing."""
+
+
+class LanguagePick(CallbackData, prefix="lng"):
+    """Speak `code` (en, ru, zh) with whoever presses, or follow their Telegram app ("auto")."""
+
+    code: str
+
+
+AUTOMATIC = "auto"
 
 
 def _caption(model: ModelInfo, *, current: bool) -> str:
@@ -77,4 +87,19 @@ def model_suggestions(
             text=_caption(model, current=False), callback_data=ModelPick(v=version, i=index)
         )
     builder.adjust(1)
+    return builder.as_markup()
+
+
+def language_picker(*, chosen: str | None) -> InlineKeyboardMarkup:
+    """One button per language, each in its own name, then "automatic"; the choice marked."""
+    builder = InlineKeyboardBuilder()
+    for code, name in LANGUAGE_NAMES.items():
+        text = CURRENT_MARK + name if code == chosen else name
+        builder.button(text=text, callback_data=LanguagePick(code=code))
+    automatic = _("Automatic")
+    builder.button(
+        text=CURRENT_MARK + automatic if chosen is None else automatic,
+        callback_data=LanguagePick(code=AUTOMATIC),
+    )
+    builder.adjust(len(LANGUAGE_NAMES), 1)
     return builder.as_markup()

@@ -1,4 +1,4 @@
-"""Dispatcher middlewares: in-flight tracking, per-chat ordering and access control."""
+"""Dispatcher middlewares: in-flight tracking, the user's language, per-chat ordering, access."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import CallbackQuery, Message, TelegramObject, Update
+from aiogram.types import CallbackQuery, Message, TelegramObject, Update, User
 
-from bot import texts
+from bot.i18n import _, set_locale
+from bot.services.languages import LanguageService
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,27 @@ class InflightTracker:
         if still:
             logger.info("interrupting %s answers", len(still))
             await asyncio.wait(still, timeout=30)
+
+
+class LocaleMiddleware(BaseMiddleware):
+    """Outer message and button middleware: the bot answers in the language of the sender."""
+
+    def __init__(self, languages: LanguageService) -> None:
+        self._languages = languages
+
+    async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        """Resolve the sender's locale and make it current for the rest of the update."""
+        user: User | None = data.get("event_from_user")
+        locale = await self._languages.locale_for(
+            user_id=user.id if user else None, language_code=user.language_code if user else None
+        )
+        # Set, not reset afterwards: the error handler runs after this middleware has returned
+        # (in the same task) and must answer in the same language. Every update is handled in
+        # a task of its own and every message and button press passes through here, so no
+        # locale leaks to another one.
+        set_locale(locale)
+        data["locale"] = locale
+        return await handler(event, data)
 
 
 class ChatSequencer(BaseMiddleware):
@@ -114,10 +136,12 @@ class AccessMiddleware(BaseMiddleware):
         if self.allows(user_id=user.id if user else None, chat_id=chat_id):
             return await handler(event, data)
         logger.info("refused user %s in chat %s", user.id if user else None, chat_id)
+        refusal = _("Sorry, this bot is private and you are not on its list of users.")
         if isinstance(event, Message):
-            await event.reply(
-                texts.NOT_ALLOWED
-            ) if chat_id and chat_id < 0 else await event.answer(texts.NOT_ALLOWED)
+            if chat_id and chat_id < 0:
+                await event.reply(refusal)
+            else:
+                await event.answer(refusal)
         elif isinstance(event, CallbackQuery):
-            await event.answer(texts.NOT_ALLOWED, show_alert=True)
+            await event.answer(refusal, show_alert=True)
         return None

@@ -7,32 +7,39 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from bot import texts
 from bot.db.usage_queries import RankedUsage
+from bot.i18n import _, format_moment, format_money, format_number, ngettext
 from bot.services.usage import (
     BotReport,
     BudgetUse,
     Figures,
+    Period,
     PeriodReport,
     UserReport,
     format_amount,
-    format_cost,
-    format_moment,
-    format_tokens,
 )
 from bot.telegram.render import TELEGRAM_TEXT_LIMIT, utf16_len
 
 NAME_MAX = 40
-PERIOD_TITLES = {"today": texts.USAGE_TODAY, "month": texts.USAGE_MONTH, "all": texts.USAGE_ALL}
+# Marks figures that contain the bot's own token counts.
+ESTIMATED_MARK = "≈"
+
+
+def _period_title(period: Period) -> str:
+    if period == "today":
+        return _("Today")
+    if period == "month":
+        return _("This month")
+    return _("All time")
 
 
 def user_report_text(report: UserReport, *, own: bool, footer: str | None = None) -> list[str]:
     """One user's report (as messages): their own, or another user's as the owner sees it."""
     if own:
-        title = texts.USAGE_TITLE_OWN
+        title = _("Your usage")
     else:
         who = _person(report.user_id, report.full_name, report.username)
-        title = texts.USAGE_TITLE_USER.format(user=who)
+        title = _("Usage of {user}").format(user=who)
     lines = [title, ""]
     lines += _periods(report.periods, priced=report.priced)
     lines += _budgets(report.budgets)
@@ -44,14 +51,14 @@ def user_report_text(report: UserReport, *, own: bool, footer: str | None = None
 
 def bot_report_text(report: BotReport) -> list[str]:
     """The owner's report about the whole bot (as messages)."""
-    lines = [texts.USAGE_TITLE_BOT, ""]
+    lines = [_("Usage of the whole bot"), ""]
     lines += _periods(report.periods, priced=report.priced)
     lines += _budgets(report.budgets)
     for title, ranked in (
-        (texts.USAGE_TOP_USERS_TOKENS, report.top_users_by_tokens),
-        (texts.USAGE_TOP_USERS_COST, report.top_users_by_cost),
-        (texts.USAGE_TOP_CHATS_TOKENS, report.top_chats_by_tokens),
-        (texts.USAGE_TOP_CHATS_COST, report.top_chats_by_cost),
+        (_("Top users this month by tokens:"), report.top_users_by_tokens),
+        (_("Top users this month by cost:"), report.top_users_by_cost),
+        (_("Top chats this month by tokens:"), report.top_chats_by_tokens),
+        (_("Top chats this month by cost:"), report.top_chats_by_cost),
     ):
         if ranked:
             lines += ["", title, *_top(ranked, priced=report.priced)]
@@ -81,43 +88,64 @@ def pack(lines: Iterable[str], *, limit: int = TELEGRAM_TEXT_LIMIT) -> list[str]
 def _periods(periods: Sequence[PeriodReport], *, priced: bool) -> list[str]:
     lines = []
     for report in periods:
-        title = PERIOD_TITLES[report.period]
+        title = _period_title(report.period)
         if not report.total.requests:
-            lines.append(texts.USAGE_PERIOD_EMPTY.format(period=title))
+            lines.append(_("{period}: nothing yet").format(period=title))
             continue
         figures = _figures(report.total, priced=priced)
-        lines.append(texts.USAGE_PERIOD.format(period=title, figures=figures))
+        lines.append(_("{period}: {figures}").format(period=title, figures=figures))
         if len(report.models) > 1:
             lines += [
-                texts.USAGE_MODEL.format(model=m.model, figures=_figures(m.figures, priced=priced))
+                _("  • {model}: {figures}").format(
+                    model=m.model, figures=_figures(m.figures, priced=priced)
+                )
                 for m in report.models
             ]
     return lines
 
 
 def _figures(figures: Figures, *, priced: bool) -> str:
-    mark = texts.USAGE_ESTIMATED_MARK if figures.estimated else ""
-    text = texts.USAGE_FIGURES.format(
-        requests=format_tokens(figures.requests),
-        tokens=mark + format_tokens(figures.tokens),
-        prompt=mark + format_tokens(figures.prompt_tokens),
-        completion=mark + format_tokens(figures.completion_tokens),
-    )
+    mark = ESTIMATED_MARK if figures.estimated else ""
+    parts = [
+        ngettext("{count} request", "{count} requests", figures.requests).format(
+            count=format_number(figures.requests)
+        ),
+        ngettext(
+            "{count} token (prompt {prompt}, completion {completion})",
+            "{count} tokens (prompt {prompt}, completion {completion})",
+            figures.tokens,
+        ).format(
+            count=mark + format_number(figures.tokens),
+            prompt=mark + format_number(figures.prompt_tokens),
+            completion=mark + format_number(figures.completion_tokens),
+        ),
+    ]
     if figures.images:
-        text += texts.USAGE_FIGURES_IMAGES.format(images=format_tokens(figures.images))
+        parts.append(
+            ngettext("{count} image", "{count} images", figures.images).format(
+                count=format_number(figures.images)
+            )
+        )
     if priced:
-        text += texts.USAGE_FIGURES_COST.format(cost=mark + format_cost(figures.cost))
-    return text
+        parts.append(_cost(mark + format_money(figures.cost)))
+    return " · ".join(parts)
+
+
+def _cost(amount: str) -> str:
+    return _("cost {cost}").format(cost=amount)
 
 
 def _budgets(budgets: Sequence[BudgetUse]) -> list[str]:
     if not budgets:
         return []
-    lines = ["", texts.USAGE_BUDGETS]
+    lines = ["", _("Limits:")]
     for use in budgets:
-        window = texts.USAGE_BUDGET_DAILY if use.window == "daily" else texts.USAGE_BUDGET_MONTHLY
-        template = texts.USAGE_BUDGET_REACHED if use.reached else texts.USAGE_BUDGET_LINE
-        used = format_tokens(use.used) if use.unit == "tokens" else format_cost(use.used)
+        window = _("Daily") if use.window == "daily" else _("Monthly")
+        if use.reached:
+            template = _("  • {window}: {used} of {limit}, reached until {reset}")
+        else:
+            template = _("  • {window}: {used} of {limit}")
+        used = format_number(int(use.used)) if use.unit == "tokens" else format_money(use.used)
         lines.append(
             template.format(
                 window=window,
@@ -131,11 +159,14 @@ def _budgets(budgets: Sequence[BudgetUse]) -> list[str]:
 
 def _top(ranked: Sequence[RankedUsage], *, priced: bool) -> list[str]:
     return [
-        texts.USAGE_TOP_LINE.format(
+        # TRANSLATORS: {tokens} is e.g. "4,000 tokens"; {cost} is empty or " · cost $0.01".
+        _("{rank}. {who}: {tokens}{cost}").format(
             rank=rank,
             who=_person(entry.id, entry.name, entry.username),
-            tokens=format_tokens(entry.tokens),
-            cost=texts.USAGE_FIGURES_COST.format(cost=format_cost(entry.cost)) if priced else "",
+            tokens=ngettext("{count} token", "{count} tokens", entry.tokens).format(
+                count=format_number(entry.tokens)
+            ),
+            cost=" · " + _cost(format_money(entry.cost)) if priced else "",
         )
         for rank, entry in enumerate(ranked, start=1)
     ]
@@ -144,20 +175,25 @@ def _top(ranked: Sequence[RankedUsage], *, priced: bool) -> list[str]:
 def _notes(periods: Sequence[PeriodReport], *, priced: bool, timezone: str) -> list[str]:
     lines = [""]
     if any(p.total.estimated for p in periods):
-        lines.append(texts.USAGE_ESTIMATED_NOTE)
+        lines.append(
+            _(
+                "≈ includes estimates: the AI backend did not report usage for some requests, "
+                "so the bot counted their tokens itself."
+            )
+        )
     if priced:
-        lines.append(texts.USAGE_COST_NOTE)
-    lines.append(texts.USAGE_TIMEZONE_NOTE.format(timezone=timezone))
+        lines.append(_("Costs are estimates from the bot's price list."))
+    lines.append(_("Days and months are counted in {timezone}.").format(timezone=timezone))
     return lines
 
 
 def _person(id_: int, name: str | None, username: str | None) -> str:
     if not name:
-        return texts.USAGE_UNKNOWN.format(id=id_)
+        return _("id {id}").format(id=id_)
     name = _shorten(" ".join(name.split()), NAME_MAX)
     if username:
-        return texts.USAGE_USER.format(name=name, username=username, id=id_)
-    return texts.USAGE_USER_NO_USERNAME.format(name=name, id=id_)
+        return _("{name} (@{username}, id {id})").format(name=name, username=username, id=id_)
+    return _("{name} (id {id})").format(name=name, id=id_)
 
 
 def _shorten(text: str, limit: int) -> str:

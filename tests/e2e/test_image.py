@@ -8,10 +8,17 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from bot import texts
 from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import IMAGES_PATH, Error, Hang, ImageResult, Raw, make_png
 from tests.fakes.telegram import SentMessage
+
+# What the bot says, in English (the fake's users write from English Telegram apps).
+REFUSED = (
+    "The image service refused this description under its content policy. Please describe "
+    "something else."
+)
+SERVER_ERROR = "The AI backend failed to draw the image ({detail}). Please try again later."
+
 
 CHAT = 2001
 GROUP = -100700
@@ -161,7 +168,12 @@ async def test_reply_with_image_draws_the_replied_message(harness: BotHarness) -
 async def test_image_without_prompt_explains_usage(harness: BotHarness) -> None:
     bot = await start(harness)
     bot.tg.user_message(chat_id=CHAT, text="/image")
-    await bot.wait_text(CHAT, texts.IMAGE_USAGE)
+    await bot.wait_text(
+        CHAT,
+        "Describe the picture after the command, for example:\n"
+        "/image a red fox sleeping in the snow, watercolour\n\n"
+        "Or reply /image to a message to draw what it says.",
+    )
     await bot.idle()
     assert bot.llm.image_requests == []
 
@@ -169,7 +181,11 @@ async def test_image_without_prompt_explains_usage(harness: BotHarness) -> None:
 async def test_image_is_off_without_an_image_model(bot: BotHarness) -> None:
     assert "image" not in {c["command"] for c in bot.tg.commands_for()}
     bot.tg.user_message(chat_id=CHAT, text=f"/image {PROMPT}")
-    await bot.wait_text(CHAT, texts.IMAGE_DISABLED)
+    await bot.wait_text(
+        CHAT,
+        "Image generation is not enabled on this bot. The bot's owner can turn it on by setting "
+        "IMAGE_MODEL.",
+    )
     assert bot.llm.image_requests == []
 
 
@@ -181,18 +197,24 @@ async def test_image_command_is_in_the_menu_when_enabled(harness: BotHarness) ->
 @pytest.mark.parametrize(
     ("reply", "expected"),
     [
-        (POLICY_ERROR, texts.IMAGE_REFUSED),
+        (POLICY_ERROR, REFUSED),
         (
             Error.server_error(),
-            texts.IMAGE_ERR_SERVER.format(
+            SERVER_ERROR.format(
                 detail="The server had an error while processing your request. Sorry about that!"
             ),
         ),
         (
             Error(404, {"error": "Not Found", "message": "Cannot POST /v1/images/generations"}),
-            texts.IMAGE_ERR_NOT_FOUND.format(model="dall-e-3"),
+            (
+                "The image model “dall-e-3” is not available on the AI backend, or the backend "
+                "cannot draw images. The bot's owner needs to change IMAGE_MODEL."
+            ),
         ),
-        (Error.invalid_api_key(), texts.ERR_AUTH),
+        (
+            Error.invalid_api_key(),
+            "The AI backend refused the bot's API key. The bot's owner needs to fix LLM_API_KEY.",
+        ),
     ],
     ids=["content-policy", "server-error", "no-images-endpoint", "bad-key"],
 )
@@ -215,7 +237,7 @@ async def test_akashgen_error_is_explained(harness: BotHarness) -> None:
     bot.llm.enqueue(Error.akashchat("Image generation failed: no GPU available"))
     bot.tg.user_message(chat_id=CHAT, text=f"/image {PROMPT}")
     await bot.wait_text(
-        CHAT, texts.IMAGE_ERR_SERVER.format(detail="Image generation failed: no GPU available")
+        CHAT, SERVER_ERROR.format(detail="Image generation failed: no GPU available")
     )
 
 
@@ -223,7 +245,9 @@ async def test_slow_backend_times_out_with_a_message(harness: BotHarness) -> Non
     bot = await start(harness, image_timeout=0.5)
     bot.llm.enqueue_image(Hang())
     bot.tg.user_message(chat_id=CHAT, text=f"/image {PROMPT}")
-    await bot.wait_text(CHAT, texts.IMAGE_TIMEOUT.format(seconds="0.5"))
+    await bot.wait_text(
+        CHAT, "Drawing the image took too long (over 0.5 s). Please try again later."
+    )
     assert bot.tg.calls_to("sendPhoto") == []
 
 
@@ -236,7 +260,9 @@ async def test_cooldown_counts_failed_requests_and_spares_the_owner(
     await bot.wait_messages(CHAT, lambda t: len(t) == 1)
     bot.tg.user_message(chat_id=CHAT, text="/image two", user_id=CHAT)
     texts_now = await bot.wait_messages(CHAT, lambda t: len(t) == 2)
-    assert texts_now[1] == texts.IMAGE_COOLDOWN.format(wait="1 h 0 min")
+    assert texts_now[1] == (
+        "Please wait a little between images: you can ask for the next one in 1 h."
+    )
     assert len(bot.llm.image_requests) == 1
 
     # The same user is paced in every chat, the owner nowhere.
@@ -253,9 +279,11 @@ async def test_daily_limit_counts_successful_images(harness: BotHarness) -> None
     bot.llm.enqueue_image(POLICY_ERROR)
     for prompt in ("refused", "one", "two", "three"):
         bot.tg.user_message(chat_id=CHAT, text=f"/image {prompt}", user_id=CHAT)
-    refusal = texts.IMAGE_DAILY_LIMIT.format(limit=2, wait="24 h 0 min")
+    refusal = (
+        "You have had your 2 images for the last 24 hours. You can ask for the next one in 1 d."
+    )
     texts_now = await bot.wait_messages(CHAT, lambda t: len(t) == 4)
-    assert texts_now == [texts.IMAGE_REFUSED, "one", "two", refusal]
+    assert texts_now == [REFUSED, "one", "two", refusal]
     assert len(bot.llm.image_requests) == 3
 
 
@@ -297,7 +325,9 @@ async def test_image_cut_short_by_a_restart_is_explained(harness: BotHarness) ->
     bot.tg.user_message(chat_id=CHAT, text=f"/image {PROMPT}")
     await bot.llm.wait_for_requests(1, path=IMAGES_PATH)
     await bot.stop()
-    assert bot.texts(CHAT) == [texts.IMAGE_INTERRUPTED]
+    assert bot.texts(CHAT) == [
+        "⚠️ The image was not finished: the bot was restarted. Please ask again."
+    ]
     await bot.start(**NO_LIMITS, image_model="dall-e-3")
     [row] = await usage_rows(bot)
     assert (row.status, row.error) == ("error", "cancelled")

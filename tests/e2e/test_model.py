@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot import texts
 from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import AKASHCHAT_MODELS
 from tests.fakes.telegram import SentMessage
+
+# What the bot says, in English (the fake's users write from English Telegram apps).
+SWITCHED = "✅ This chat now uses {model}. The next answer will come from it."
+ADMINS_ONLY = "Only the group's administrators can change the model."
+OUTDATED = "This list is outdated, send /model again."
 
 CHAT = 1001
 GROUP = -100777
@@ -69,7 +73,7 @@ async def test_picker_lists_chat_models_and_a_press_switches(bot: BotHarness) ->
     assert bot.llm.chat_requests[-1]["model"] == "gpt-4o"
     # pressing the model in use again changes nothing
     answer = await press(bot, picker, "gpt-4o")
-    assert answer["text"] == texts.MODEL_PRESS_ALREADY
+    assert answer["text"] == "Already in use"
     assert picker.edits == 1
     assert bot.tg.flood.violations == 0
 
@@ -86,7 +90,7 @@ async def test_bare_list_names_and_context_size_set_the_history_budget(
     harness.tg.user_message(chat_id=CHAT, text="/model")
     picker = await wait_keyboard(harness, CHAT)
     assert picker.text.startswith(
-        "This chat uses Llama 3.3 70B (Meta-Llama-3-3-70B-Instruct), context 128000 tokens."
+        "This chat uses Llama 3.3 70B (Meta-Llama-3-3-70B-Instruct), context 128,000 tokens."
     )
     # AkashGen is listed as unavailable
     assert captions(picker) == ["GPT-OSS-120B", "✅ Llama 3.3 70B", "Tiny"]
@@ -99,9 +103,7 @@ async def test_bare_list_names_and_context_size_set_the_history_budget(
     assert harness.llm.chat_requests == []
 
     switched = await ask(harness, CHAT, "/model llama 3.3 70b")
-    assert switched == texts.MODEL_SWITCHED.format(
-        model="Llama 3.3 70B (Meta-Llama-3-3-70B-Instruct)"
-    )
+    assert switched == SWITCHED.format(model="Llama 3.3 70B (Meta-Llama-3-3-70B-Instruct)")
     assert (await ask(harness, CHAT, long_text)).startswith("You said: word")
     assert harness.llm.chat_requests[-1]["model"] == "Meta-Llama-3-3-70B-Instruct"
 
@@ -139,7 +141,7 @@ async def test_long_lists_are_paged_with_short_button_data(harness: BotHarness) 
 
 async def test_switch_by_id_with_suggestions_for_typos(bot: BotHarness) -> None:
     reply = await ask(bot, CHAT, "/model gpt-4o")
-    assert reply == texts.MODEL_SWITCHED.format(model="gpt-4o")
+    assert reply == SWITCHED.format(model="gpt-4o")
 
     reply = await ask(bot, CHAT, "/model gpt4o-mini")
     assert reply.startswith("There is no model “gpt4o-mini”. Did you mean")
@@ -150,7 +152,10 @@ async def test_switch_by_id_with_suggestions_for_typos(bot: BotHarness) -> None:
 
     for unknown in ("claude-3-opus", "dall-e-3"):
         reply = await ask(bot, CHAT, f"/model {unknown}")
-        assert reply == texts.MODEL_UNKNOWN.format(requested=unknown, model="gpt-4o-mini")
+        assert reply == (
+            f"There is no chat model “{unknown}” to choose from, so this chat keeps gpt-4o-mini. "
+            "Send /model to see the choices."
+        )
     await ask(bot, CHAT, "Which model?")
     assert bot.llm.chat_requests[-1]["model"] == "gpt-4o-mini"
 
@@ -164,18 +169,18 @@ async def test_in_groups_only_administrators_and_owners_switch(harness: BotHarne
     group: dict[str, Any] = {"chat_type": "supergroup", "chat_title": "Team"}
 
     refused = await ask(harness, GROUP, "/model gpt-4o", user_id=MEMBER, **group)
-    assert refused == texts.MODEL_ADMINS_ONLY
+    assert refused == ADMINS_ONLY
     # anyone may look at the picker, but a member's press is refused with a notice
     harness.tg.user_message(chat_id=GROUP, text="/model", user_id=MEMBER, **group)
     picker = await wait_keyboard(harness, GROUP)
     answer = await press(harness, picker, "gpt-4o", user_id=MEMBER)
-    assert answer["text"] == texts.MODEL_ADMINS_ONLY
+    assert answer["text"] == ADMINS_ONLY
     assert picker.edits == 0
 
     switched = await ask(harness, GROUP, "/model gpt-4o", user_id=ADMIN, **group)
-    assert switched == texts.MODEL_SWITCHED.format(model="gpt-4o")
+    assert switched == SWITCHED.format(model="gpt-4o")
     switched = await ask(harness, GROUP, "/model gpt-4o-mini", user_id=OWNER, **group)
-    assert switched == texts.MODEL_SWITCHED.format(model="gpt-4o-mini")
+    assert switched == SWITCHED.format(model="gpt-4o-mini")
     answer = await press(harness, picker, "gpt-4o", user_id=CREATOR)
     assert answer["text"] == "Switched to gpt-4o"
     await harness.tg.wait_for(lambda t: picker.edits == 1)
@@ -189,11 +194,17 @@ async def test_without_a_model_list_the_id_is_trusted(harness: BotHarness) -> No
     harness.llm.models_shape = "error"
     await harness.start()
     reply = await ask(harness, CHAT, "/model")
-    assert reply == texts.MODEL_LIST_UNAVAILABLE.format(model="gpt-4o-mini")
+    assert reply == (
+        "This chat uses gpt-4o-mini.\n\nThe AI backend's model list cannot be loaded right now. "
+        "You can still switch by sending /model followed by the model's id."
+    )
     assert all(m.reply_markup is None for m in harness.tg.live_messages(CHAT))
 
     reply = await ask(harness, CHAT, "/model my-local-model")
-    assert reply == texts.MODEL_SWITCHED_UNVERIFIED.format(model="my-local-model")
+    assert reply == (
+        "✅ This chat now uses “my-local-model”. The AI backend's model list could not be "
+        "checked, so the id is used as typed; if it is wrong, the next answer will say so."
+    )
     await ask(harness, CHAT, "Hello")
     assert harness.llm.chat_requests[-1]["model"] == "my-local-model"
 
@@ -215,7 +226,7 @@ async def test_choice_survives_a_restart_and_outdated_keyboards_are_refused(
 
     harness.llm.models = ["gpt-4o", "gpt-4o-mini", "o3"]  # the backend's list changes
     answer = await press(harness, old_picker, "gpt-4o-mini")
-    assert answer["text"] == texts.MODEL_PRESS_OUTDATED
+    assert answer["text"] == OUTDATED
     await ask(harness, CHAT, "Which one now?")
     assert harness.llm.chat_requests[-1]["model"] == "gpt-4o"
 
@@ -229,7 +240,10 @@ async def test_a_model_gone_from_the_backend_is_reported_on_the_next_answer(
     harness.llm.models = ["gpt-4o-mini"]
 
     reply = await ask(harness, CHAT, "Hello")
-    assert reply == texts.ERR_MODEL_NOT_FOUND.format(model="gpt-4o")
+    assert reply == (
+        "The model “gpt-4o” is not available on the AI backend (it may have been removed). "
+        "Send /model to choose another one."
+    )
     assert "/model" in reply
     harness.tg.user_message(chat_id=CHAT, text="/model")
     picker = await wait_keyboard(harness, CHAT)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot import texts
 from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import Stream
 
 ANN, BOB, OWNER = 5, 6, 9
 GROUP = -100500
+# What the bot says, in English (the fake's users write from English Telegram apps).
+NOT_YOURS = "You can only see your own usage: send /usage without a number."
 
 
 def ask(h: BotHarness, user: int, text: str, *, in_group: bool = False) -> dict[str, Any]:
@@ -34,8 +35,8 @@ async def test_user_sees_own_usage_with_tiny_costs(harness: BotHarness) -> None:
     ask(harness, ANN, "/usage")
     report = (await harness.wait_messages(ANN, lambda t: len(t) == 2))[1]
 
-    assert report.startswith(texts.USAGE_TITLE_OWN)
-    figures = "requests 1 · tokens 1,234 (prompt 1,200, completion 34) · cost $0.00000152"
+    assert report.startswith("Your usage")
+    figures = "1 request · 1,234 tokens (prompt 1,200, completion 34) · cost $0.00000152"
     assert f"Today: {figures}" in report
     assert f"This month: {figures}" in report
     assert f"All time: {figures}" in report
@@ -54,9 +55,9 @@ async def test_figures_the_backend_did_not_report_are_marked_as_estimates(
     ask(bot, ANN, "/usage")
     report = (await bot.wait_messages(ANN, lambda t: len(t) == 2))[1]
 
-    assert "Today: requests 1 · tokens ≈" in report
-    assert "(prompt ≈" in report
-    assert texts.USAGE_ESTIMATED_NOTE in report
+    assert "Today: 1 request · ≈" in report
+    assert " tokens (prompt ≈" in report
+    assert "≈ includes estimates: the AI backend did not report usage" in report
     assert "cost" not in report  # no prices are set, so no costs are shown
 
 
@@ -77,31 +78,34 @@ async def test_owner_sees_the_whole_bot_and_any_user_but_others_only_themselves(
 
     ask(harness, OWNER, "/usage")
     report = (await harness.wait_messages(OWNER, lambda t: len(t) == 1))[0]
-    assert report.startswith(texts.USAGE_TITLE_BOT)
-    assert "Today: requests 2 · tokens 4,150 (prompt 3,100, completion 1,050) · cost $0.0052" in (
+    assert report.startswith("Usage of the whole bot")
+    assert "Today: 2 requests · 4,150 tokens (prompt 3,100, completion 1,050) · cost $0.0052" in (
         report
     )
     assert (
-        "Top users this month by tokens:\n1. Ann (@ann, id 5): tokens 4,000 · cost $0.005\n"
+        "Top users this month by tokens:\n1. Ann (@ann, id 5): 4,000 tokens · cost $0.005\n"
         in (report)
     )
-    assert "2. Bob (id 6): tokens 150 · cost $0.0002" in report
+    assert "2. Bob (id 6): 150 tokens · cost $0.0002" in report
     assert "Top users this month by cost:" in report
-    assert "Top chats this month by tokens:\n1. Ann (@ann, id 5): tokens 4,000" in report
-    assert f"2. Team (id {GROUP}): tokens 150" in report
+    assert "Top chats this month by tokens:\n1. Ann (@ann, id 5): 4,000 tokens" in report
+    assert f"2. Team (id {GROUP}): 150 tokens" in report
 
     ask(harness, OWNER, f"/usage {BOB}")
     one = (await harness.wait_messages(OWNER, lambda t: len(t) == 2))[1]
     assert one.startswith("Usage of Bob (id 6)")
-    assert "Today: requests 1 · tokens 150" in one
+    assert "Today: 1 request · 150 tokens" in one
 
     ask(harness, ANN, f"/usage {BOB}")
     refused = (await harness.wait_messages(ANN, lambda t: len(t) == 2))[1]
-    assert refused == texts.USAGE_NOT_YOURS
+    assert refused == NOT_YOURS
     ask(harness, ANN, "/usage whatever")
-    await harness.wait_messages(ANN, lambda t: len(t) == 3 and t[2] == texts.USAGE_NOT_YOURS)
+    await harness.wait_messages(ANN, lambda t: len(t) == 3 and t[2] == NOT_YOURS)
     ask(harness, OWNER, "/usage whatever")
-    await harness.wait_messages(OWNER, lambda t: t[-1] == texts.USAGE_BAD_ARGUMENT)
+    await harness.wait_messages(
+        OWNER,
+        lambda t: t[-1] == "Send /usage for the whole bot, or /usage <user id> for one user.",
+    )
 
 
 async def test_in_groups_everyone_sees_only_their_own_usage(harness: BotHarness) -> None:
@@ -118,20 +122,25 @@ async def test_in_groups_everyone_sees_only_their_own_usage(harness: BotHarness)
     command = ask(harness, BOB, "/usage@test_llm_bot", in_group=True)
     texts_ = await harness.wait_messages(GROUP, lambda t: len(t) == 3)
     mine = texts_[2]
-    assert mine.startswith(texts.USAGE_TITLE_OWN)
-    assert "tokens 150 " in mine and "4,000" not in mine and "Ann" not in mine
+    assert mine.startswith("Your usage")
+    assert "150 tokens " in mine and "4,000" not in mine and "Ann" not in mine
     assert harness.tg.messages(GROUP)[2].reply_to_message_id == command["message"]["message_id"]
 
     ask(harness, OWNER, "/usage", in_group=True)
     texts_ = await harness.wait_messages(GROUP, lambda t: len(t) == 4)
-    assert texts_[3].startswith(texts.USAGE_TITLE_OWN)
+    assert texts_[3].startswith("Your usage")
     assert "Today: nothing yet" in texts_[3]
-    assert texts_[3].endswith(texts.USAGE_OWNER_IN_GROUP)
+    assert texts_[3].endswith(
+        "The report about the whole bot is in a private chat with me (/usage)."
+    )
     assert "Top users" not in texts_[3]
 
     ask(harness, OWNER, f"/usage {ANN}", in_group=True)
     texts_ = await harness.wait_messages(GROUP, lambda t: len(t) == 5)
-    assert texts_[4] == texts.USAGE_PRIVATE_ONLY
+    assert texts_[4] == (
+        "Reports about the whole bot and about other users are shown only in a private chat "
+        "with me."
+    )
 
 
 async def test_spent_budget_stops_requests_without_calling_the_backend(

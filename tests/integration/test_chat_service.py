@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot import texts
 from bot.db import create_sessionmaker
 from bot.db.repositories import NewTurn, TurnRepository
 from bot.llm.client import LLMClient, RetryPolicy
@@ -197,7 +196,9 @@ async def test_context_length_error_tells_the_user_to_reset(
     llm.enqueue(Error.context_length_exceeded(4096, 5000))
     sink = RecordingSink()
     await service.reply(request=request("hi"), sink=sink)
-    assert sink.failure == texts.ERR_CONTEXT
+    assert sink.failure == (
+        "The conversation is too long for the model. Use /reset to start a new one and try again."
+    )
 
 
 async def test_length_finish_reason_is_flagged(
@@ -207,4 +208,6 @@ async def test_length_finish_reason_is_flagged(
     llm.enqueue(Stream(["cut"], finish_reason="length"))
     sink = RecordingSink()
     await service.reply(request=request("hi"), sink=sink)
-    assert sink.finished and sink.note == texts.TRUNCATED
+    assert sink.finished and sink.note == (
+        "⚠️ The answer was cut off: it reached the maximum answer length (MAX_TOKENS)."
+    )

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot import texts
 from bot.db.models import UsageRecord, utcnow
+from bot.i18n import use_locale
 from bot.llm.images import ImageClient
 from bot.services.images import ImageConfig, ImageReady, ImageRefusal, ImageRequest, ImageService
 from tests.fakes.openai import make_png
@@ -115,7 +115,16 @@ async def test_daily_limit_is_a_rolling_day_of_successful_images(
     limit = outcomes[3]
     assert isinstance(limit, ImageRefusal) and limit.reason == "daily_limit"
     assert limit.retry_in is not None and 23.9 * 3600 < limit.retry_in <= 24 * 3600
-    assert limit.text == texts.IMAGE_DAILY_LIMIT.format(limit=2, wait="24 h 0 min")
+    assert limit.text == (
+        "You have had your 2 images for the last 24 hours. You can ask for the next one in 1 d."
+    )
+    with use_locale("ru"):
+        russian = await service.generate(request=request())
+    assert isinstance(russian, ImageRefusal)
+    assert russian.text == (
+        "Лимит — 2 картинки за 24 часа, и он исчерпан. "
+        "Через 1 дн. можно будет попросить следующую."
+    )
 
     shift[0] += timedelta(hours=24, seconds=1)
     assert isinstance(await service.generate(request=request()), ImageReady)

@@ -14,6 +14,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db import ChatRepository, UsageRecord, UserRepository
+from bot.i18n import use_locale
 from bot.llm.client import LLMClient, RetryPolicy
 from bot.pricing import Price, PriceList
 from bot.services.chat import ChatConfig, ChatRequest, ChatService
@@ -169,8 +170,14 @@ async def test_days_and_months_begin_at_midnight_in_the_usage_time_zone(
     assert block is not None
     assert block.resets_at == datetime(2025, 4, 2, tzinfo=berlin)
     assert block.resets_in == timedelta(hours=22, minutes=30)
-    assert "2025-04-02 00:00 Europe/Berlin" in block.message
-    assert "22 h 30 min" in block.message
+    resets = "It resets at Apr 2, 2025, 12:00\u202fAM Europe/Berlin (in 22 h 30 min)."
+    assert resets in block.message
+    with use_locale("ru"):
+        russian = block.message
+    # Russian dates and durations: day before month, 24-hour clock, short units.
+    assert "Лимит обновится 2 апр. 2025\u202fг., 00:00 Europe/Berlin (через 22 ч 30 мин)." in (
+        russian
+    )
 
 
 async def test_bot_report_ranks_users_and_chats_by_tokens_and_by_cost(
@@ -273,7 +280,7 @@ async def test_user_budget_stops_only_that_user_until_local_midnight(
     )
     assert block.resets_at == datetime(2025, 3, 16, tzinfo=UTC)
     assert "daily limit of 1,000 tokens" in block.message
-    assert "(in 12 h 0 min)" in block.message
+    assert "(in 12 h)" in block.message
     assert await budgets.check(user_id=2) is None
 
     await add_usage(sessionmaker, at=NOW, user_id=9, prompt=10**6)

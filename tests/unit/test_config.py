@@ -45,6 +45,7 @@ def test_missing_token_names_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_p
         ({"BOT_TOKEN": TOKEN, "TEMPERATURE": "3"}, "TEMPERATURE"),
         ({"BOT_TOKEN": TOKEN, "LLM_IDLE_TIMEOUT": "soon"}, "LLM_IDLE_TIMEOUT"),
         ({"BOT_TOKEN": TOKEN, "DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"BOT_TOKEN": TOKEN, "DEFAULT_LANGUAGE": "de"}, "DEFAULT_LANGUAGE"),
     ],
 )
 def test_invalid_values_name_the_variable(
@@ -88,6 +89,19 @@ def test_dotenv_file_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert s.llm_model == "gpt-4o-mini"
     assert s.bot_token.get_secret_value() == TOKEN
     assert TOKEN not in repr(s)
+
+
+def test_default_language_is_checked_and_normalised(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    assert load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN).default_language == ""
+    assert (
+        load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN, DEFAULT_LANGUAGE=" RU ").default_language
+        == "ru"
+    )
+    with pytest.raises(ConfigError) as err:
+        load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN, DEFAULT_LANGUAGE="Russian")
+    assert str(err.value) == "DEFAULT_LANGUAGE: must be empty or one of en, ru, zh"
 
 
 def test_env_example_documents_every_setting() -> None:

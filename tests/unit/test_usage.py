@@ -16,8 +16,6 @@ from bot.services.usage import (
     Figures,
     ModelFigures,
     PeriodReport,
-    format_cost,
-    format_wait,
 )
 from bot.telegram.render import TELEGRAM_TEXT_LIMIT, utf16_len
 from bot.telegram.usage_view import bot_report_text
@@ -90,27 +88,6 @@ def test_invalid_prices_budgets_and_time_zone_name_the_variable(
     assert "\n" not in message
 
 
-@pytest.mark.parametrize(
-    ("cost", "shown"),
-    [
-        (0, "$0"),
-        (0.00000152, "$0.00000152"),  # 1,234 tokens at the Gonka rate
-        (0.0052, "$0.0052"),
-        (0.5, "$0.5"),
-        (0.123456, "$0.123"),
-        (1234.5, "$1,234.50"),
-    ],
-)
-def test_costs_keep_enough_decimals_to_show_tiny_amounts(cost: float, shown: str) -> None:
-    assert format_cost(cost) == shown
-
-
-def test_waits_are_rounded_up_to_the_minute() -> None:
-    assert format_wait(timedelta(seconds=30)) == "1 min"
-    assert format_wait(timedelta(hours=3, minutes=11, seconds=1)) == "3 h 12 min"
-    assert format_wait(timedelta(days=12, hours=4)) == "12 d 4 h"
-
-
 def test_a_large_owner_report_is_split_into_messages_telegram_accepts() -> None:
     figures = Figures(requests=10**6, prompt_tokens=10**9, completion_tokens=10**8, cost=12.5)
     models = tuple(
@@ -151,4 +128,4 @@ def test_a_large_owner_report_is_split_into_messages_telegram_accepts() -> None:
     text = "\n".join(messages)
     assert text.count("vendor/model-") == 90  # nothing lost between messages
     assert text.count("(@someone, id 10000000000") == 40
-    assert "Monthly: $150.00 of $100.00, reached until 2025-06-01 00:00 UTC" in text
+    assert "Monthly: $150.00 of $100.00, reached until Jun 1, 2025, 12:00\u202fAM UTC" in text

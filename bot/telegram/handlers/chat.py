@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiogram import F, Router
 from aiogram.types import Message
 
-from bot import texts
+from bot.i18n import _
 from bot.services.chat import ChatRequest, ChatService
 from bot.telegram.filters import GROUP_TYPES, Addressed, NotFromBot
 from bot.telegram.replies import Replies
@@ -35,10 +35,10 @@ router.message.filter(NotFromBot())
 async def unknown_command(message: Message, replies: Replies) -> None:
     """A command no other router knows (commands for other bots never get here in groups)."""
     command = (message.text or "").split()[0]
-    _, _, mention = command.partition("@")
+    mention = command.partition("@")[2]
     if message.chat.type in GROUP_TYPES and not mention:
         return  # a bare /cmd in a group may be meant for another bot
-    await replies.text(message, texts.UNKNOWN_COMMAND)
+    await replies.text(message, _("Unknown command. See /help for the list."))
 
 
 async def converse(
@@ -64,7 +64,11 @@ async def converse(
 
 async def unsupported(message: Message, replies: Replies) -> None:
     """Stickers, voice, files and captionless photos: say what is supported."""
-    await replies.text(message, texts.UNSUPPORTED_CONTENT)
+    text = _(
+        "I can only read text messages. Stickers, voice messages, files and photos without a "
+        "caption are not supported yet — please write your question as text."
+    )
+    await replies.text(message, text)
 
 
 def build_router() -> Router:

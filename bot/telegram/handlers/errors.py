@@ -8,7 +8,7 @@ from aiogram import Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.types import ErrorEvent
 
-from bot import texts
+from bot.i18n import _
 
 logger = logging.getLogger(__name__)
 
@@ -19,15 +19,16 @@ async def on_error(event: ErrorEvent) -> bool:
     logger.error(
         "update %s failed: %s", update.update_id, event.exception, exc_info=event.exception
     )
+    text = _("Something went wrong while answering. Please try again.")
     message = update.message
     if message is not None:
         try:
-            await message.answer(texts.ERR_GENERIC)
+            await message.answer(text)
         except TelegramAPIError as exc:
             logger.warning("could not report the failure to chat %s: %s", message.chat.id, exc)
     elif update.callback_query is not None:
         try:
-            await update.callback_query.answer(texts.ERR_GENERIC, show_alert=True)
+            await update.callback_query.answer(text, show_alert=True)
         except TelegramAPIError as exc:
             logger.warning("could not answer the button press: %s", exc)
     return True

@@ -9,7 +9,7 @@ from aiogram.enums import ChatAction
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot import texts
+from bot.i18n import _
 from bot.services.images import ImageRefusal, ImageRequest, ImageService
 from bot.telegram.filters import NotFromBot
 from bot.telegram.replies import Replies
@@ -21,7 +21,12 @@ async def draw(
     """Generate an image and send it as a photo captioned with its description."""
     prompt = (command.args or "").strip() or _replied_text(message)
     if not prompt or message.from_user is None:
-        await replies.text(message, texts.IMAGE_USAGE)
+        text = _(
+            "Describe the picture after the command, for example:\n"
+            "/image a red fox sleeping in the snow, watercolour\n\n"
+            "Or reply /image to a message to draw what it says."
+        )
+        await replies.text(message, text)
         return
     user = message.from_user
     request = ImageRequest(
@@ -40,7 +45,10 @@ async def draw(
             outcome = await image_service.generate(request=request, on_start=action.start)
         except asyncio.CancelledError:
             await action.stop()
-            await replies.text(message, texts.IMAGE_INTERRUPTED)
+            await replies.text(
+                message,
+                _("⚠️ The image was not finished: the bot was restarted. Please ask again."),
+            )
             raise
         if isinstance(outcome, ImageRefusal):
             await action.stop()
@@ -56,7 +64,7 @@ async def draw(
             caption=prompt,
         )
     if not sent:
-        await replies.text(message, texts.IMAGE_SEND_FAILED)
+        await replies.text(message, _("The image was drawn, but Telegram did not accept it."))
 
 
 def _replied_text(message: Message) -> str:

@@ -10,8 +10,8 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command, CommandObject
 from aiogram.types import CallbackQuery, Chat, InlineKeyboardMarkup, Message
 
-from bot import texts
 from bot.config import Settings
+from bot.i18n import _, format_number, ngettext
 from bot.llm.types import ModelInfo
 from bot.services.models import Catalogue, ModelService, Suggested, Switched, label
 from bot.telegram.filters import GROUP_TYPES, NotFromBot
@@ -47,18 +47,35 @@ async def may_switch(*, bot: Bot, settings: Settings, chat: Chat, user_id: int) 
 def describe(model: ModelInfo) -> str:
     """A model as shown in messages: its name and, when that differs, its id."""
     name = label(model)
-    return name if name == model.id else texts.MODEL_LABEL.format(name=name, id=model.id)
+    return name if name == model.id else f"{name} ({model.id})"
 
 
 def _notice(text: str) -> str:
     return text if len(text) <= NOTICE_LIMIT else text[: NOTICE_LIMIT - 1] + "…"
 
 
+# Texts said in several places; they double as notices under a pressed button, so they stay
+# within Telegram's 200 characters for those.
+def _admins_only() -> str:
+    return _("Only the group's administrators can change the model.")
+
+
+def _outdated() -> str:
+    return _("This list is outdated, send /model again.")
+
+
+def _list_unavailable() -> str:
+    return _("The model list cannot be loaded right now. Please try again later.")
+
+
 def _current_info(catalogue: Catalogue | None, current: str, service: ModelService) -> str:
     model = (catalogue.find(current) if catalogue else None) or ModelInfo(id=current)
     shown = describe(model)
     tokens = model.context_tokens or service.context_window(current)
-    return texts.MODEL_CONTEXT.format(model=shown, tokens=tokens) if tokens else shown
+    if not tokens:
+        return shown
+    context = ngettext("{model}, context {count} token", "{model}, context {count} tokens", tokens)
+    return context.format(model=shown, count=format_number(tokens))
 
 
 def picker_view(
@@ -72,19 +89,27 @@ def picker_view(
     """The picker's text and keyboard, opened on `page` or on the current model's page."""
     shown = _current_info(catalogue, current, service)
     if catalogue is None:
-        return texts.MODEL_LIST_UNAVAILABLE.format(model=shown), None
+        text = _(
+            "This chat uses {model}.\n\nThe AI backend's model list cannot be loaded right now. "
+            "You can still switch by sending /model followed by the model's id."
+        )
+        return text.format(model=shown), None
     if not catalogue.models:
-        return texts.MODEL_NONE_OFFERED.format(model=shown), None
+        text = _("This chat uses {model}. The AI backend offers no chat models to choose from.")
+        return text.format(model=shown), None
     if page is None:
         chosen = catalogue.page_of(current, size=MODELS_PER_PAGE)
     else:
         chosen = catalogue.page(page, size=MODELS_PER_PAGE)
     if switched:
-        template = texts.MODEL_PICKER_SWITCHED
+        template = _("✅ This chat now uses {model}.\n\nChoose a model, or send /model <id>:")
     elif catalogue.find(current) is None:
-        template = texts.MODEL_PICKER_NOT_LISTED
+        template = _(
+            "This chat uses {model}, which the AI backend does not list at the moment.\n\n"
+            "Choose a model, or send /model <id>:"
+        )
     else:
-        template = texts.MODEL_PICKER
+        template = _("This chat uses {model}.\n\nChoose a model, or send /model <id>:")
     markup = model_picker(chosen, version=catalogue.version, current=current)
     return template.format(model=shown), markup
 
@@ -111,18 +136,21 @@ async def model_command(
     if message.from_user is None:
         return
     if not await may_switch(bot=bot, settings=settings, chat=chat, user_id=message.from_user.id):
-        await replies.text(message, texts.MODEL_ADMINS_ONLY)
+        await replies.text(message, _admins_only())
         return
     result = await model_service.choose(
         chat_id=chat.id, chat_type=chat.type, chat_title=chat.title, model_id=requested
     )
     if isinstance(result, Switched):
         if not result.changed:
-            template = texts.MODEL_ALREADY
+            template = _("This chat already uses {model}.")
         elif result.verified:
-            template = texts.MODEL_SWITCHED
+            template = _("✅ This chat now uses {model}. The next answer will come from it.")
         else:
-            template = texts.MODEL_SWITCHED_UNVERIFIED
+            template = _(
+                "✅ This chat now uses “{model}”. The AI backend's model list could not be "
+                "checked, so the id is used as typed; if it is wrong, the next answer will say so."
+            )
         await replies.text(message, template.format(model=describe(result.model)))
         return
     if isinstance(result, Suggested):
@@ -130,7 +158,11 @@ async def model_command(
         return
     current = await model_service.current(chat_id=chat.id)
     shown = describe((await _catalogue_entry(model_service, current)) or ModelInfo(id=current))
-    await replies.text(message, texts.MODEL_UNKNOWN.format(requested=requested, model=shown))
+    text = _(
+        "There is no chat model “{requested}” to choose from, so this chat keeps {model}. "
+        "Send /model to see the choices."
+    )
+    await replies.text(message, text.format(requested=requested, model=shown))
 
 
 async def _catalogue_entry(service: ModelService, model_id: str) -> ModelInfo | None:
@@ -141,10 +173,10 @@ async def _catalogue_entry(service: ModelService, model_id: str) -> ModelInfo | 
 async def _suggest(
     message: Message, result: Suggested, service: ModelService, replies: Replies
 ) -> None:
-    lines = "\n".join(
-        texts.MODEL_SUGGESTION_LINE.format(model=describe(m)) for m in result.suggestions
+    lines = "\n".join(f"• {describe(m)}" for m in result.suggestions)
+    text = _("There is no model “{requested}”. Did you mean one of these?\n{suggestions}").format(
+        requested=result.requested, suggestions=lines
     )
-    text = texts.MODEL_DID_YOU_MEAN.format(requested=result.requested, suggestions=lines)
     catalogue = await service.catalogue()
     listed = [
         (index, model)
@@ -170,31 +202,31 @@ async def pick(
     message = query.message
     if not isinstance(message, Message):
         # Messages older than 48 hours come without content and can no longer be edited.
-        await query.answer(texts.MODEL_PRESS_OUTDATED)
+        await query.answer(_outdated())
         return
     chat = message.chat
     if not await may_switch(bot=bot, settings=settings, chat=chat, user_id=query.from_user.id):
-        await query.answer(texts.MODEL_ADMINS_ONLY)
+        await query.answer(_admins_only())
         return
     catalogue = await model_service.catalogue()
     if catalogue is None:
-        await query.answer(texts.MODEL_PRESS_UNAVAILABLE)
+        await query.answer(_list_unavailable())
         return
     model = catalogue.at(callback_data.i) if catalogue.version == callback_data.v else None
     if model is None:
-        await query.answer(texts.MODEL_PRESS_OUTDATED)
+        await query.answer(_outdated())
         return
     result = await model_service.choose(
         chat_id=chat.id, chat_type=chat.type, chat_title=chat.title, model_id=model.id
     )
     if not isinstance(result, Switched):
-        await query.answer(texts.MODEL_PRESS_OUTDATED)  # the list changed meanwhile
+        await query.answer(_outdated())  # the list changed meanwhile
         return
     if not result.changed:
-        await query.answer(texts.MODEL_PRESS_ALREADY)
+        await query.answer(_("Already in use"))
         return
     # Answer first, so the client's spinner stops before the (paced) edit.
-    await query.answer(_notice(texts.MODEL_PRESS_SWITCHED.format(model=label(result.model))))
+    await query.answer(_notice(_("Switched to {model}").format(model=label(result.model))))
     text, markup = picker_view(catalogue, result.model.id, model_service, switched=True)
     await replies.edit(message, text, markup)
 
@@ -208,14 +240,14 @@ async def turn_page(
     """An arrow under the picker: show another page of the same list."""
     message = query.message
     if not isinstance(message, Message):
-        await query.answer(texts.MODEL_PRESS_OUTDATED)
+        await query.answer(_outdated())
         return
     catalogue = await model_service.catalogue()
     if catalogue is None:
-        await query.answer(texts.MODEL_PRESS_UNAVAILABLE)
+        await query.answer(_list_unavailable())
         return
     if catalogue.version != callback_data.v:
-        await query.answer(texts.MODEL_PRESS_OUTDATED)
+        await query.answer(_outdated())
         return
     current = await model_service.current(chat_id=message.chat.id)
     await query.answer()

@@ -10,8 +10,8 @@ from aiogram import Router
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from bot import texts
 from bot.config import Settings
+from bot.i18n import _
 from bot.services.usage import UsageService
 from bot.telegram.filters import GROUP_TYPES, NotFromBot
 from bot.telegram.replies import Replies
@@ -34,15 +34,23 @@ async def usage(
     argument = (command.args or "").strip()
     if argument:
         if not owner:
-            await replies.text(message, texts.USAGE_NOT_YOURS)
+            await replies.text(
+                message, _("You can only see your own usage: send /usage without a number.")
+            )
             return
         if not private:
-            await replies.text(message, texts.USAGE_PRIVATE_ONLY)
+            text = _(
+                "Reports about the whole bot and about other users are shown only in a private "
+                "chat with me."
+            )
+            await replies.text(message, text)
             return
         try:
             target = int(argument)
         except ValueError:
-            await replies.text(message, texts.USAGE_BAD_ARGUMENT)
+            await replies.text(
+                message, _("Send /usage for the whole bot, or /usage <user id> for one user.")
+            )
             return
         report = await usage_service.user_report(user_id=target)
         parts = user_report_text(report, own=target == caller)
@@ -50,7 +58,11 @@ async def usage(
         parts = bot_report_text(await usage_service.bot_report())
     else:
         report = await usage_service.user_report(user_id=caller)
-        footer = texts.USAGE_OWNER_IN_GROUP if owner else None
+        footer = (
+            _("The report about the whole bot is in a private chat with me (/usage).")
+            if owner
+            else None
+        )
         parts = user_report_text(report, own=True, footer=footer)
     for part in parts:
         await replies.text(message, part)
