@@ -380,3 +380,11 @@ async def test_unexpected_failure_is_reported_not_silent(harness: BotHarness) ->
     harness.tg.user_message(chat_id=CHAT, text="hello")
     texts = await harness.wait_messages(CHAT, lambda t: len(t) == 1)
     assert "went wrong" in texts[0]
+
+
+async def test_bot_waits_for_telegram_to_come_back_at_start(harness: BotHarness) -> None:
+    harness.tg.fail_next("getMe", status=502, description="Bad Gateway", times=2)
+    await harness.start()
+    harness.llm.enqueue(Stream(["up"]))
+    harness.tg.user_message(chat_id=CHAT, text="hi")
+    await harness.wait_text(CHAT, "up")

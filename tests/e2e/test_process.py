@@ -101,3 +101,24 @@ async def test_sigterm_past_the_grace_period_marks_the_answer_interrupted(
         assert texts[0] == "Partial answer"
         assert "interrupted" in texts[1] and "restarted" in texts[1]
         assert "status=interrupted" in err.decode()
+
+
+async def test_unreachable_telegram_is_retried_and_sigterm_still_stops(tmp_path: Path) -> None:
+    proc = await start_bot(
+        tmp_path,
+        BOT_TOKEN=TOKEN,
+        TELEGRAM_API_URL="http://127.0.0.1:9",  # nothing listens there
+        LLM_API_KEY=API_KEY,
+    )
+    try:
+        assert proc.stderr is not None
+        line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
+        while b"Telegram unreachable" not in line:
+            line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert "Traceback" not in err.decode()
