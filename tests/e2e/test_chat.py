@@ -388,3 +388,13 @@ async def test_bot_waits_for_telegram_to_come_back_at_start(harness: BotHarness)
     harness.llm.enqueue(Stream(["up"]))
     harness.tg.user_message(chat_id=CHAT, text="hi")
     await harness.wait_text(CHAT, "up")
+
+
+async def test_network_errors_towards_telegram_are_retried(bot: BotHarness) -> None:
+    bot.llm.enqueue(Stream(["alpha ", "beta ", "gamma"], delay=0.3))
+    bot.tg.disconnect_next("sendMessage", times=1)
+    bot.tg.disconnect_next("editMessageText", times=3)
+    bot.tg.user_message(chat_id=CHAT, text="go")
+    await bot.wait_text(CHAT, "alpha beta gamma", within=20)
+    await bot.idle()
+    assert bot.texts(CHAT) == ["alpha beta gamma"]
