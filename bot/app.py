@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import httpx
 from aiogram import Bot, Dispatcher
-from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot import i18n
 from bot.config import Settings
 from bot.db.engine import create_engine, create_sessionmaker, migrate
-from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
+from bot.llm.client import STREAM_READ_INTERVAL, LLMClient, LLMTimeouts, RetryPolicy
 from bot.llm.images import ImageClient
 from bot.services.chat import ChatConfig, ChatService
 from bot.services.images import ImageConfig, ImageService
@@ -36,6 +35,7 @@ from bot.telegram.middlewares import (
 )
 from bot.telegram.pacing import FloodGate
 from bot.telegram.replies import Replies
+from bot.telegram.session import BotSession
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ async def build_app(settings: Settings) -> App:
             total=settings.llm_total_timeout,
         ),
         retry=RetryPolicy(max_retries=settings.llm_max_retries),
+        read_interval=STREAM_READ_INTERVAL,
     )
     model_service = ModelService(
         sessions=sessions,
@@ -144,7 +145,7 @@ async def build_app(settings: Settings) -> App:
         ),
     )
 
-    session = AiohttpSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    session = BotSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     bot = Bot(token=settings.bot_token.get_secret_value(), session=session)
     gate = FloodGate(
         private_interval=settings.edit_interval_private,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -27,6 +31,10 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
+
+# How long a transaction may wait for the SQLite connection before failing. Transactions are
+# short (no network I/O inside), so even a thousand queued chats get their turn well within it.
+SQLITE_POOL_TIMEOUT_S = 120.0
 
 POSTGRES_POOL_SIZE = 10
 POSTGRES_MAX_OVERFLOW = 20
@@ -67,9 +75,27 @@ def create_engine(url: str | URL) -> AsyncEngine:
 def _create_sqlite_engine(url: URL) -> AsyncEngine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file:")
-    if not in_memory:
+    if in_memory:
+        engine = create_async_engine(url)
+    else:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url)
+
+        async def connect() -> _ThreadedSQLite:
+            args, kwargs = engine.sync_engine.dialect.create_connect_args(url)
+            return await _ThreadedSQLite.open(*args, **kwargs)
+
+        # One connection for the whole bot. SQLite lets one writer in at a time, and every
+        # transaction here starts with BEGIN IMMEDIATE, so more connections do not add
+        # throughput: they queue inside SQLite's busy handler, which polls with sleeps and
+        # leaves the database idle between holders. Waiting in the pool's queue instead is
+        # first-come first-served and hands the connection over at once.
+        engine = create_async_engine(
+            url,
+            async_creator=connect,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=SQLITE_POOL_TIMEOUT_S,
+        )
     # Transaction control follows SQLAlchemy's recipe for SQLite: the driver's own implicit
     # BEGIN handling is switched off and every transaction starts with BEGIN IMMEDIATE. A
     # deferred transaction that reads and later writes fails at once with "database is locked"
@@ -81,7 +107,8 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
 
 
 def _on_sqlite_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
-    dbapi_connection.isolation_level = None
+    if dbapi_connection.isolation_level is not None:
+        dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
         for pragma in SQLITE_PRAGMAS:
@@ -92,6 +119,155 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
 
 def _on_sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_T = TypeVar("_T")
+
+
+class _ThreadedSQLite:
+    """A sqlite3 connection on a thread of its own, behind the asyncio API SQLAlchemy expects.
+
+    It stands in for aiosqlite's connection (SQLAlchemy's aiosqlite dialect adapts either).
+    aiosqlite makes a separate trip to its thread to open a cursor, execute, fetch and close;
+    under load each trip waits for a turn of the event loop, so a transaction of six statements
+    took about thirty of them. Here a statement, its rows and its cursor are one trip, so the
+    database is held for a fraction of the time. SQLite still never blocks the event loop.
+    """
+
+    def __init__(self, db: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+        self._db: sqlite3.Connection | None = db
+        self._worker = worker
+
+    @classmethod
+    async def open(cls, *args: Any, **kwargs: Any) -> _ThreadedSQLite:
+        """Connect on a new worker thread; transactions are left to explicit BEGIN/COMMIT."""
+        kwargs["isolation_level"] = None
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        loop = asyncio.get_running_loop()
+        try:
+            db = await loop.run_in_executor(worker, lambda: sqlite3.connect(*args, **kwargs))
+        except BaseException:
+            worker.shutdown(wait=False)
+            raise
+        return cls(db, worker)
+
+    @property
+    def _connection(self) -> sqlite3.Connection | None:
+        # SQLAlchemy's adapter skips commit and rollback once this is None (closed).
+        return self._db
+
+    @property
+    def isolation_level(self) -> str | None:
+        """Always None: autocommit mode, transactions are begun explicitly."""
+        return None
+
+    async def run(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run `function(*args)` on the connection's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
+
+    def cursor(self) -> _ThreadedCursor:
+        """A cursor; it touches the database only when executing."""
+        return _ThreadedCursor(self)
+
+    async def commit(self) -> None:
+        """Commit the current transaction."""
+        if self._db is not None:
+            await self.run(self._db.commit)
+
+    async def rollback(self) -> None:
+        """Roll back the current transaction."""
+        if self._db is not None:
+            await self.run(self._db.rollback)
+
+    async def create_function(self, *args: Any, **kwargs: Any) -> None:
+        """Register an SQL function (SQLAlchemy adds regexp and floor)."""
+        db = self._db
+        if db is not None:
+            await self.run(lambda: db.create_function(*args, **kwargs))
+
+    async def close(self) -> None:
+        """Close the connection and end its thread."""
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                await self.run(db.close)
+            finally:
+                self._worker.shutdown(wait=False)
+
+    def stop(self) -> None:
+        """Abandon the connection without waiting (SQLAlchemy's forced termination)."""
+        self._db = None
+        self._worker.shutdown(wait=False)
+
+
+def _execute(
+    db: sqlite3.Connection | None, operation: str, parameters: Any, many: bool
+) -> tuple[Any, list[Any], int, int | None]:
+    """Execute and fetch everything in one go, on the connection's thread."""
+    if db is None:
+        raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+    cursor = db.cursor()
+    try:
+        if many:
+            cursor.executemany(operation, parameters)
+        else:
+            cursor.execute(operation, parameters)
+        rows = cursor.fetchall() if cursor.description else []
+        return cursor.description, rows, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class _ThreadedCursor:
+    """The results of one statement, fetched with it; the DB-API cursor surface SQLAlchemy uses."""
+
+    arraysize = 1
+
+    def __init__(self, connection: _ThreadedSQLite) -> None:
+        self._connection = connection
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self._rows: list[Any] = []
+
+    async def __aenter__(self) -> _ThreadedCursor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def execute(self, operation: str, parameters: Sequence[Any] = ()) -> _ThreadedCursor:
+        """Execute one statement and keep its rows."""
+        db = self._connection._connection
+        result = await self._connection.run(_execute, db, operation, parameters, False)
+        self.description, self._rows, self.rowcount, self.lastrowid = result
+        return self
+
+    async def executemany(self, operation: str, parameters: Any) -> _ThreadedCursor:
+        """Execute one statement for each parameter set."""
+        db = self._connection._connection
+        result = await self._connection.run(_execute, db, operation, list(parameters), True)
+        self.description, self._rows, self.rowcount, self.lastrowid = result
+        return self
+
+    async def fetchone(self) -> Any:
+        """The next row, or None."""
+        return self._rows.pop(0) if self._rows else None
+
+    async def fetchmany(self, size: int | None = None) -> list[Any]:
+        """Up to `size` rows."""
+        size = size or self.arraysize
+        rows, self._rows = self._rows[:size], self._rows[size:]
+        return rows
+
+    async def fetchall(self) -> list[Any]:
+        """The remaining rows."""
+        rows, self._rows = self._rows, []
+        return rows
+
+    async def close(self) -> None:
+        """Forget the rows; the database cursor was closed right after executing."""
+        self._rows = []
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -39,6 +39,10 @@ logger = logging.getLogger(__name__)
 # A backend asking us to wait longer than this gets its error raised instead of a silent wait.
 RETRY_AFTER_CAP = 60.0
 
+# How often the bot reads a streaming answer once it has started (see `_PacedStream`): four
+# times a second is more often than Telegram shows it.
+STREAM_READ_INTERVAL = 0.25
+
 _MESSAGE_LIMIT = 300
 _ERROR_BODY_LIMIT = 64 * 1024
 _JSON_BODY_LIMIT = 16 * 1024 * 1024
@@ -144,14 +148,20 @@ class LLMClient:
         timeouts: LLMTimeouts = LLMTimeouts(),
         retry: RetryPolicy = RetryPolicy(),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        read_interval: float = 0.0,
     ) -> None:
-        """Use the caller's shared `http` client; `sleep` is injectable so tests need not wait."""
+        """Use the caller's shared `http` client; `sleep` is injectable so tests need not wait.
+
+        `read_interval`: once an answer has started, read its stream at most this often (see
+        `_PacedStream`); 0 reads every event as soon as it arrives.
+        """
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key or None
         self._timeouts = timeouts
         self._retry = retry
         self._sleep = sleep
+        self._read_interval = read_interval
 
     async def stream_chat(
         self,
@@ -268,6 +278,12 @@ class LLMClient:
                             content_type,
                         )
                         source = _AnyTypeEventSource(response)
+                    if self._read_interval > 0 and isinstance(
+                        response.stream, httpx.AsyncByteStream
+                    ):
+                        response.stream = _PacedStream(
+                            response.stream, self._read_interval, lambda: state.text_sent
+                        )
                     events = source.aiter_sse()
                     async with contextlib.aclosing(events):
                         while not state.done:
@@ -489,6 +505,39 @@ class LLMClient:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+class _PacedStream(httpx.AsyncByteStream):
+    """A response body read at most once per `interval` once `started()`: events batch up.
+
+    Reading costs far more per network read (httpx, httpcore, anyio and two turns of the event
+    loop) than per event, and a backend sends a chunk per token or so. Telegram shows an answer
+    at most once a second, so reading a few times a second loses nothing the user can see: the
+    events that arrive meanwhile wait in the socket buffer and come in with the next read. The
+    first token is never delayed, and the end of the answer at most by one interval.
+    """
+
+    def __init__(
+        self, stream: httpx.AsyncByteStream, interval: float, started: Callable[[], bool]
+    ) -> None:
+        self._stream = stream
+        self._interval = interval
+        self._started = started
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        async for chunk in self._stream:
+            received = loop.time()
+            yield chunk
+            if self._started():
+                # The consumer has taken what this read brought; let more arrive before the next.
+                wait = received + self._interval - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+
+    async def aclose(self) -> None:
+        """Close the underlying stream (and with it the connection, if not finished)."""
+        await self._stream.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ __all__ = [
     "TELEGRAM_TEXT_LIMIT",
     "Piece",
     "first_piece",
+    "render_fitting",
     "render_html",
     "split_markdown",
     "utf16_len",
@@ -828,13 +829,20 @@ def _choose(window: _Window) -> _Cut:
     return window.hard_cut()
 
 
-def _fits(markdown: str, limit: int) -> bool:
-    return utf16_len(markdown) <= limit and utf16_len(render_html(markdown)) <= limit
+def render_fitting(markdown: str, *, limit: int = TELEGRAM_TEXT_LIMIT) -> str | None:
+    """The HTML of `markdown` when it fits one message (as Markdown and as HTML), else None.
+
+    What `first_piece` checks first; a caller about to send the text uses this to render once.
+    """
+    if len(markdown) > limit or utf16_len(markdown) > limit:
+        return None
+    html = render_html(markdown)
+    return html if utf16_len(html) <= limit else None
 
 
 def first_piece(text: str, *, carry: str = "", limit: int = TELEGRAM_TEXT_LIMIT) -> Piece | None:
     """None when `carry + text` fits one message, else the first message-sized piece of it."""
-    if len(carry) + len(text) <= limit and _fits(carry + text, limit):
+    if render_fitting(carry + text, limit=limit) is not None:
         return None
     window = _Window(text, carry, limit)
     cut = _choose(window)

@@ -22,8 +22,8 @@ from aiogram.exceptions import (
 )
 from aiogram.types import LinkPreviewOptions, ReplyParameters
 
-from bot.telegram.pacing import FloodGate, Sleep
-from bot.telegram.render import first_piece, render_html
+from bot.telegram.pacing import FloodGate, Sleep, Urgency
+from bot.telegram.render import first_piece, render_fitting, render_html
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ class WriterOptions:
 @dataclass(slots=True)
 class _State:
     text: str = ""  # the whole answer so far, as the model wrote it (Markdown)
+    pending: list[str] = field(default_factory=list)  # pushed, not yet appended to `text`
+    pushed: int = 0  # characters pushed so far
+    delivered: int = 0  # characters of `text` the last delivery accounted for
     offset: int = 0  # where the current message's part of `text` begins
     carry: str = ""  # prefix re-opening a code block cut at the previous message's end
     current: _Shown | None = None
@@ -95,6 +98,7 @@ class TelegramReplyWriter:
         self._flusher: asyncio.Task[bool] | None = None
         self._typing: asyncio.Task[None] | None = None
         self._dead = False  # the chat is unreachable (bot blocked, chat gone)
+        self._holding = False  # a turn is taken and its call not yet answered
 
     @property
     def shown(self) -> bool:
@@ -119,12 +123,17 @@ class TelegramReplyWriter:
     def push(self, text: str) -> None:
         """Append answer text; delivery happens in the background."""
         if text:
-            self._state.text += text
+            # Joined only when delivering: appending each delta to one growing string would copy
+            # the whole answer per delta.
+            self._state.pending.append(text)
+            self._state.pushed += len(text)
             self._changed.set()
 
     async def finish(self, *, note: str | None = None) -> bool:
         """Deliver the complete answer (and `note`, if any) and stop the background work."""
         self._finishing = True
+        # An edit still waiting behind other chats' urgent calls now carries the final text.
+        self._gate.hurry(self._chat_id)
         self._changed.set()
         try:
             if self._flusher is not None:
@@ -183,14 +192,21 @@ class TelegramReplyWriter:
 
     async def _flush_loop(self) -> bool:
         """Turn pushed text into calls until finishing, then deliver the final text."""
+        try:
+            return await self._flush()
+        finally:
+            self._end_turn()  # cancelled while holding a turn
+
+    async def _flush(self) -> bool:
         paced = False
         while not self._finishing:
             await self._changed.wait()
             if self._finishing:
                 break
             if self.shown:
-                # Edits wait for the chat's pacing; the first message goes out at once.
-                await self._gate.turn(self._chat_id)
+                # Edits wait for the chat's pacing and for a bot-wide slot that no first message
+                # or final text is waiting for; the wait turns urgent once the answer is complete.
+                await self._take_turn(urgent=self._is_finishing)
                 paced = True
                 if self._finishing:
                     break
@@ -203,12 +219,51 @@ class TelegramReplyWriter:
 
     # ---- rendering and delivery --------------------------------------------------------------
 
+    def _is_finishing(self) -> bool:
+        return self._finishing
+
+    async def _take_turn(self, *, urgent: Urgency = True) -> None:
+        await self._gate.acquire(self._chat_id, urgent=urgent)
+        self._holding = True
+
+    def _end_turn(self) -> None:
+        # The gate counts the call against Telegram's limits until its answer is back.
+        if self._holding:
+            self._holding = False
+            self._gate.release(self._chat_id)
+
     async def _deliver(self, *, final: bool, paced: bool = False) -> bool:
-        """Show the newest text: freeze full messages, then update the current one."""
+        """Show the newest text: freeze full messages, then update the current one.
+
+        `paced`: a turn is already held for the first call.
+        """
+        try:
+            return await self._deliver_held(final=final, paced=paced)
+        finally:
+            self._end_turn()  # a turn that ended up without a call
+
+    async def _deliver_held(self, *, final: bool, paced: bool) -> bool:
         st = self._state
+        if self._dead:
+            return False
+        if st.pushed == st.delivered:
+            return True  # nothing new since the last delivery
+        if not paced:
+            # The turn first, the text after it: a long wait for the turn still sends the newest.
+            await self._take_turn()
+            paced = True
+        if st.pending:
+            st.text += "".join(st.pending)
+            st.pending.clear()
+        upto = len(st.text)
         while True:
+            body = st.carry + st.text[st.offset :]
+            html = render_fitting(body)
+            if html is not None:
+                break
             piece = first_piece(st.text[st.offset :], carry=st.carry)
-            if piece is None:
+            if piece is None:  # cannot happen: the body did not fit
+                html = render_html(body)
                 break
             # The current message is full: it keeps this piece for good.
             if not await self._show(piece.markdown, final=True, paced=paced):
@@ -217,16 +272,19 @@ class TelegramReplyWriter:
             st.current = None
             st.offset += piece.end
             st.carry = piece.carry
-        body = st.carry + st.text[st.offset :]
-        if not body.strip():
-            return True
-        return await self._show(body, final=final, paced=paced)
+        if body.strip() and not await self._show(body, html=html, final=final, paced=paced):
+            return False
+        st.delivered = upto
+        return True
 
-    async def _show(self, markdown: str, *, final: bool, paced: bool) -> bool:
-        """Send or edit the current message to show `markdown`; True when it is visible."""
+    async def _show(
+        self, markdown: str, *, html: str | None = None, final: bool, paced: bool
+    ) -> bool:
+        """Send or edit the current message to show `markdown` (rendered as `html`, if given)."""
         if self._dead:
             return False
-        html = render_html(markdown)
+        if html is None:
+            html = render_html(markdown)
         if not html.strip():
             return True
         cur = self._state.current
@@ -238,9 +296,12 @@ class TelegramReplyWriter:
         for attempt in range(attempts):
             content = markdown.strip() if plain else html
             if not paced or attempt > 0:
-                await self._gate.turn(self._chat_id)
+                await self._take_turn()
             try:
-                await self._send_or_edit(content, html=not plain)
+                try:
+                    await self._send_or_edit(content, html=not plain)
+                finally:
+                    self._end_turn()
                 return True
             except TelegramRetryAfter as exc:
                 self._gate.block(self._chat_id, exc.retry_after)
@@ -308,9 +369,12 @@ class TelegramReplyWriter:
 
     async def _with_retries(self, call: Callable[[], Awaitable[int]]) -> int:
         for attempt in range(self._options.final_attempts):
-            await self._gate.turn(self._chat_id)
+            await self._take_turn()
             try:
-                return await call()
+                try:
+                    return await call()
+                finally:
+                    self._end_turn()
             except TelegramRetryAfter as exc:
                 self._gate.block(self._chat_id, exc.retry_after)
             except (TelegramNetworkError, TelegramServerError):

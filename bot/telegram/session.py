@@ -1,0 +1,43 @@
+"""The Bot API session: aiogram's aiohttp session, without rebuilding response models."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.methods.base import Response, TelegramMethod, TelegramType
+
+if TYPE_CHECKING:
+    from aiogram import Bot
+
+
+class BotSession(AiohttpSession):
+    """An AiohttpSession that keeps alive the response model of every method it has called.
+
+    aiogram parses each answer with ``Response[method.__returning__]``, and pydantic keeps such
+    parametrized models only in a weak cache: once the last answer of a kind has been freed,
+    the next call builds the model again, 3-6 ms of CPU. Unpinned, that happened on nearly
+    every call (getUpdates, sendMessage, editMessageText, sendChatAction), a third of the
+    bot's CPU time per answer.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        """Take AiohttpSession's arguments."""
+        super().__init__(**kwargs)
+        self._response_models: dict[Any, type[Any]] = {}
+
+    def check_response(
+        self,
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+        status_code: int,
+        content: str,
+    ) -> Response[TelegramType]:
+        """Parse an answer as aiogram does, with its response model pinned."""
+        returning = method.__returning__
+        try:
+            if returning not in self._response_models:
+                self._response_models[returning] = Response[returning]  # type: ignore[valid-type]
+        except TypeError:  # an unhashable return annotation: nothing to pin it by
+            pass
+        return super().check_response(bot, method, status_code, content)
