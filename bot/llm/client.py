@@ -32,6 +32,7 @@ from bot.llm.errors import (
     LLMTimeoutError,
     LLMUnavailableError,
 )
+from bot.llm.transport import paced_stream
 from bot.llm.types import ChatEvent, ChatMessage, ModelInfo, StreamEnd, TextDelta, Usage
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 # A backend asking us to wait longer than this gets its error raised instead of a silent wait.
 RETRY_AFTER_CAP = 60.0
 
-# How often the bot reads a streaming answer once it has started (see `_PacedStream`): four
+# How often the bot reads a streaming answer once it has started (see bot.llm.transport): four
 # times a second is more often than Telegram shows it.
 STREAM_READ_INTERVAL = 0.25
 
@@ -152,8 +153,8 @@ class LLMClient:
     ) -> None:
         """Use the caller's shared `http` client; `sleep` is injectable so tests need not wait.
 
-        `read_interval`: once an answer has started, read its stream at most this often (see
-        `_PacedStream`); 0 reads every event as soon as it arrives.
+        `read_interval`: once an answer has started, read its connection at most this often,
+        when `http` uses `bot.llm.transport.paced_transport`; 0 reads as soon as data arrives.
         """
         self._http = http
         self._base_url = base_url.rstrip("/")
@@ -278,23 +279,26 @@ class LLMClient:
                             content_type,
                         )
                         source = _AnyTypeEventSource(response)
-                    if self._read_interval > 0 and isinstance(
-                        response.stream, httpx.AsyncByteStream
-                    ):
-                        response.stream = _PacedStream(
-                            response.stream, self._read_interval, lambda: state.text_sent
-                        )
+                    # Paced from the first text on: see bot.llm.transport.
+                    pacer = paced_stream(response) if self._read_interval > 0 else None
                     events = source.aiter_sse()
-                    async with contextlib.aclosing(events):
-                        while not state.done:
-                            async with _within(*budget()):
-                                try:
-                                    sse = await anext(events)
-                                except StopAsyncIteration:
-                                    break
-                            for text in self._handle_event(sse, state):
-                                state.text_sent = True
-                                yield TextDelta(text)
+                    try:
+                        async with contextlib.aclosing(events):
+                            while not state.done:
+                                async with _within(*budget()):
+                                    try:
+                                        sse = await anext(events)
+                                    except StopAsyncIteration:
+                                        break
+                                for text in self._handle_event(sse, state):
+                                    if pacer is not None:
+                                        pacer.pace = self._read_interval
+                                    state.text_sent = True
+                                    yield TextDelta(text)
+                    finally:
+                        if pacer is not None:
+                            # Before the connection goes back to the pool for other requests.
+                            pacer.pace = 0.0
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._transport_error(exc, mid_answer=state.text_sent) from exc
 
@@ -505,39 +509,6 @@ class LLMClient:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-class _PacedStream(httpx.AsyncByteStream):
-    """A response body read at most once per `interval` once `started()`: events batch up.
-
-    Reading costs far more per network read (httpx, httpcore, anyio and two turns of the event
-    loop) than per event, and a backend sends a chunk per token or so. Telegram shows an answer
-    at most once a second, so reading a few times a second loses nothing the user can see: the
-    events that arrive meanwhile wait in the socket buffer and come in with the next read. The
-    first token is never delayed, and the end of the answer at most by one interval.
-    """
-
-    def __init__(
-        self, stream: httpx.AsyncByteStream, interval: float, started: Callable[[], bool]
-    ) -> None:
-        self._stream = stream
-        self._interval = interval
-        self._started = started
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        async for chunk in self._stream:
-            received = loop.time()
-            yield chunk
-            if self._started():
-                # The consumer has taken what this read brought; let more arrive before the next.
-                wait = received + self._interval - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-
-    async def aclose(self) -> None:
-        """Close the underlying stream (and with it the connection, if not finished)."""
-        await self._stream.aclose()
 
 
 @contextlib.asynccontextmanager
