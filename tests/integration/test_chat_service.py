@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import httpx
 import pytest
@@ -16,33 +15,7 @@ from bot.llm.client import LLMClient, RetryPolicy
 from bot.services.chat import ChatConfig, ChatRequest, ChatService
 from bot.services.tokens import TokenCounter
 from tests.fakes.openai import Disconnect, Error, FakeLLM, Stream
-
-
-@dataclass
-class RecordingSink:
-    """Collects what the service shows, as a Telegram writer would."""
-
-    pushed: list[str] = field(default_factory=list)
-    finished: bool = False
-    note: str | None = None
-    failure: str | None = None
-
-    async def start(self) -> None:
-        pass
-
-    def push(self, text: str) -> None:
-        self.pushed.append(text)
-
-    async def finish(self, *, note: str | None = None) -> bool:
-        self.finished, self.note = True, note
-        return True
-
-    async def fail(self, message: str) -> None:
-        self.failure = message
-
-    @property
-    def shown(self) -> bool:
-        return bool(self.pushed)
+from tests.fakes.sink import RecordingSink
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,6 +26,7 @@ from bot.services.usage import (
     UsageService,
 )
 from tests.fakes.openai import Error, FakeLLM, Stream
+from tests.fakes.sink import RecordingSink
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -334,30 +334,6 @@ async def test_report_shows_budgets_with_what_is_used(sessionmaker: Sessionmaker
 
 
 # ---- the chat service records every call once and honours budgets --------------------------
-
-
-@dataclass
-class RecordingSink:
-    """Collects what the service shows, as a Telegram writer would."""
-
-    pushed: list[str] = field(default_factory=list)
-    failure: str | None = None
-
-    async def start(self) -> None:
-        pass
-
-    def push(self, text: str) -> None:
-        self.pushed.append(text)
-
-    async def finish(self, *, note: str | None = None) -> bool:
-        return True
-
-    async def fail(self, message: str) -> None:
-        self.failure = message
-
-    @property
-    def shown(self) -> bool:
-        return bool(self.pushed)
 
 
 @pytest.fixture
