@@ -322,13 +322,13 @@ class Sample:
     """One answer's delays, in seconds."""
 
     chat_id: int
-    history: str
+    history: int  # turns stored in the chat before the bench started
     first_token: float
     ingest: float
 
 
 async def ask(
-    tg: FakeTelegram, llm: FakeLLM, chat_id: int, text: str, expected: str, history: str
+    tg: FakeTelegram, llm: FakeLLM, chat_id: int, text: str, expected: str, history: int
 ) -> Sample | None:
     """Send one message, wait for the complete answer, and measure its delays."""
     before = len(tg.live_messages(chat_id))
@@ -365,39 +365,50 @@ class LatencyResult:
     """First-token and ingest delays over many answers."""
 
     answers: int
-    short_turns: int
-    long_turns: int
+    histories: list[int]
     samples: list[Sample] = field(default_factory=list)
 
     def first_token(self) -> list[float]:
         """First-token delays of every answer."""
         return [s.first_token for s in self.samples]
 
-    def ingest(self, history: str) -> list[float]:
-        """Ingest delays of the answers in chats with `history` ("short" or "long")."""
+    def ingest(self, history: int) -> list[float]:
+        """Ingest delays of the answers in chats that had `history` turns stored."""
         return [s.ingest for s in self.samples if s.history == history]
 
 
-SHORT_CHATS = [101, 102, 103, 104, 105]
-LONG_CHATS = [201, 202, 203, 204, 205]
-
+# Five chats per history size, so that a chat's next question comes after its pacing interval.
+CHATS_PER_HISTORY = 5
+# A conversation this long already fills the default history budget (12,000 tokens) with the
+# stored turns' sizes: from here on a longer history must not cost more.
+BUDGET_FULL_TURNS = 300
 
 LATENCY_ANSWER = plain_text(240, seed=3)
 
 
+def history_chats(histories: Sequence[int]) -> dict[int, list[int]]:
+    """Chat ids for each history size."""
+    return {
+        turns: [1000 * (k + 1) + n for n in range(CHATS_PER_HISTORY)]
+        for k, turns in enumerate(histories)
+    }
+
+
 async def latency(
-    tg: FakeTelegram, llm: FakeLLM, script: Script, answers: int, short_turns: int, long_turns: int
+    tg: FakeTelegram, llm: FakeLLM, script: Script, answers: int, histories: Sequence[int]
 ) -> LatencyResult:
-    """Answers one at a time, alternating chats with short and long stored histories."""
+    """Answers one at a time, taking turns between chats with the given stored histories."""
     answer = LATENCY_ANSWER
     llm.set_default(script)
-    result = LatencyResult(answers=answers, short_turns=short_turns, long_turns=long_turns)
-    for i, chat_id in enumerate((301, 302, 303)):  # warm-up: imports, connections, caches
-        await ask(tg, llm, chat_id, f"warm-up {i}", answer, "warm-up")
+    result = LatencyResult(answers=answers, histories=list(histories))
+    for i, chat_id in enumerate((901, 902, 903)):  # warm-up: imports, connections, caches
+        await ask(tg, llm, chat_id, f"warm-up {i}", answer, 0)
+    chats_by_history = history_chats(histories)
     last_done: dict[int, float] = {}
     for i in range(answers):
-        chats, history = (SHORT_CHATS, "short") if i % 2 == 0 else (LONG_CHATS, "long")
-        chat_id = chats[(i // 2) % len(chats)]
+        history = histories[i % len(histories)]
+        chats = chats_by_history[history]
+        chat_id = chats[(i // len(histories)) % len(chats)]
         # A chat's next message comes after its pacing interval, like a person typing.
         wait = last_done.get(chat_id, 0.0) + 1.2 - time.monotonic()
         if wait > 0:
@@ -542,7 +553,7 @@ async def capacity(
         script.by_marker["warm-up"] = Stream(chunked(LATENCY_ANSWER, 12), delay=0.01)
         llm.set_default(script)
         for i, chat_id in enumerate((91, 92, 93)):  # warm-up
-            await ask(tg, llm, chat_id, f"warm-up {i}", LATENCY_ANSWER, "warm-up")
+            await ask(tg, llm, chat_id, f"warm-up {i}", LATENCY_ANSWER, 0)
         ids = [100_000 + i for i in range(chats)]
         for chat_id in ids:
             tg.register_chat(chat_id)
@@ -627,19 +638,26 @@ def report(
     ]
     if lat is not None:
         ft = lat.first_token()
-        short, long_ = lat.ingest("short"), lat.ingest("long")
         out += [
             "| delay | answers | p50 ms | p95 ms | max ms | target |",
             "| --- | ---: | ---: | ---: | ---: | --- |",
             f"| first token (backend chunk -> sendMessage) | {len(ft)} | "
             f"{ms(percentile(ft, 50))} | {ms(percentile(ft, 95))} | "
             f"{ms(max(ft, default=math.nan))} | p50 ≤ 30, p95 ≤ 80 |",
-            f"| ingest, {lat.short_turns} stored turns (getUpdates -> backend request) | "
-            f"{len(short)} | {ms(percentile(short, 50))} | {ms(percentile(short, 95))} | "
-            f"{ms(max(short, default=math.nan))} | p50 ≤ 20 |",
-            f"| ingest, {lat.long_turns:,} stored turns | {len(long_)} | "
-            f"{ms(percentile(long_, 50))} | {ms(percentile(long_, 95))} | "
-            f"{ms(max(long_, default=math.nan))} | same as at {lat.short_turns} |",
+        ]
+        for k, turns in enumerate(lat.histories):
+            values = lat.ingest(turns)
+            what = "ingest (getUpdates -> backend request), " if k == 0 else "ingest, "
+            target = "p50 ≤ 20" if k == 0 else f"same as at {lat.histories[0]:,}"
+            out.append(
+                f"| {what}{turns:,} stored turns | {len(values)} | "
+                f"{ms(percentile(values, 50))} | {ms(percentile(values, 95))} | "
+                f"{ms(max(values, default=math.nan))} | {target} |"
+            )
+        out += [
+            "",
+            f"{BUDGET_FULL_TURNS} stored turns already fill the default 12,000-token history "
+            "budget, so from there on the prompt sent stays the same size.",
             "",
         ]
     if cap:
@@ -712,7 +730,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
     if args.answers is None:
-        args.answers = 20 if args.quick else 100
+        args.answers = 21 if args.quick else 150
     if args.chats is None:
         args.chats = "20,50" if args.quick else "100,300,1000"
     args.chat_counts = [int(n) for n in args.chats.split(",") if n.strip()]
@@ -732,13 +750,18 @@ async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as scratch:
         root = Path(scratch)
         if args.scenarios & {"latency", "smooth"}:
-            prefill = {c: 10 for c in SHORT_CHATS} | {c: args.long_turns for c in LONG_CHATS}
+            histories = [10, BUDGET_FULL_TURNS, args.long_turns]
+            prefill = {
+                chat_id: turns
+                for turns, chats in history_chats(histories).items()
+                for chat_id in chats
+            }
             progress("delays and smoothness")
             script = Script(Stream(chunked(LATENCY_ANSWER, 12), delay=0.01))
             async with environment(root / "latency", prefill) as (tg, llm, _):
                 llm.set_default(script)
                 if "latency" in args.scenarios:
-                    lat = await latency(tg, llm, script, args.answers, 10, args.long_turns)
+                    lat = await latency(tg, llm, script, args.answers, histories)
                 if "smooth" in args.scenarios:
                     progress("smoothness")
                     smooth = await smoothness(

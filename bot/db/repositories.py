@@ -275,10 +275,39 @@ class TurnRepository:
         # A plain executemany inserts the rows one after another, so ids follow list order.
         await self._session.execute(insert(TURNS), rows)
 
-    async def recent(self, *, chat_id: int, limit: int) -> list[TurnRecord]:
-        """Return the chat's newest `limit` turns, oldest first."""
-        if limit <= 0:
+    async def recent(
+        self, *, chat_id: int, limit: int, token_budget: int | None = None, overhead: int = 0
+    ) -> list[TurnRecord]:
+        """Return the chat's newest `limit` turns, oldest first.
+
+        With `token_budget`, only the newest of them whose `tokens + overhead` add up to at most
+        the budget: older turns cannot fit a prompt that size, so their text is not even read.
+        """
+        if limit <= 0 or (token_budget is not None and token_budget <= 0):
             return []
+        where = Turn.chat_id == chat_id
+        if token_budget is not None:
+            # Running total, newest first, over the ids and token counts of the newest `limit`
+            # turns (an index range): the oldest turn still within the budget bounds the read.
+            newest = (
+                select(Turn.id, Turn.tokens)
+                .where(Turn.chat_id == chat_id)
+                .order_by(Turn.id.desc())
+                .limit(limit)
+                .subquery()
+            )
+            running = select(
+                newest.c.id,
+                func.sum(newest.c.tokens + overhead)
+                .over(order_by=newest.c.id.desc())
+                .label("running"),
+            ).subquery()
+            oldest = (
+                select(func.min(running.c.id))
+                .where(running.c.running <= token_budget)
+                .scalar_subquery()
+            )
+            where = where & (Turn.id >= oldest)
         stmt = (
             select(
                 Turn.id,
@@ -289,7 +318,7 @@ class TurnRepository:
                 Turn.tokens,
                 Turn.interrupted,
             )
-            .where(Turn.chat_id == chat_id)
+            .where(where)
             .order_by(Turn.id.desc())
             .limit(limit)
         )

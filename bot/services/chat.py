@@ -249,10 +249,16 @@ class ChatService:
                 chat_id=request.chat_id, telegram_message_id=request.message_id
             ):
                 return None
+            model = chat.model or self._config.default_model
+            # Only turns that can fit the prompt are read, so a long conversation costs no more
+            # to answer than one that just fills the budget.
             history = await turns.recent(
-                chat_id=request.chat_id, limit=self._config.history_max_turns
+                chat_id=request.chat_id,
+                limit=self._config.history_max_turns,
+                token_budget=self._budget(model),
+                overhead=PER_MESSAGE_OVERHEAD,
             )
-        return chat.model or self._config.default_model, history
+        return model, history
 
     def _budget(self, model: str) -> int:
         window = self._config.context_window
