@@ -790,6 +790,8 @@ class FakeLLM:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        # A request arrives when it starts to come in, not once its body is read and parsed.
+        received_at = self.clock()
         raw = await request.read()
         parsed: Any = None
         if raw:
@@ -804,7 +806,7 @@ class FakeLLM:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=raw,
             json=parsed,
-            received_at=self.clock(),
+            received_at=received_at,
         )
         self.requests.append(rec)
         self._arrived.set()
