@@ -26,7 +26,7 @@ from bot.services.images import ImageConfig, ImageService
 from bot.services.languages import LanguageService
 from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
-from bot.services.usage import BudgetService, Limits, UsagePolicy, UsageService
+from bot.services.usage import BudgetService, Limits, SettledUsage, UsagePolicy, UsageService
 from bot.telegram.handlers import chat, common, errors, image, language, model, usage
 from bot.telegram.middlewares import (
     AccessMiddleware,
@@ -107,11 +107,12 @@ async def build_app(settings: Settings) -> App:
         ),
         exempt_user_ids=frozenset(settings.owner_ids),
     )
-    usage_service = UsageService(sessions=sessions, policy=usage_policy)
+    settled = SettledUsage()
+    usage_service = UsageService(sessions=sessions, policy=usage_policy, settled=settled)
     language_service = LanguageService(
         sessions=sessions, default_language=settings.default_language or None
     )
-    budgets = BudgetService(sessions=sessions, policy=usage_policy)
+    budgets = BudgetService(sessions=sessions, policy=usage_policy, settled=settled)
     chat_service = ChatService(
         sessions=sessions,
         llm=llm,

@@ -404,12 +404,9 @@ class LLMClient:
             raise LLMProtocolError("backend answered with invalid JSON") from exc
         if not isinstance(document, dict):
             raise LLMProtocolError("backend answered with JSON that is not a completion")
-        data = document.get("data")
-        if document.get("error") or (
-            isinstance(data, dict) and "msg" in data and document.get("code") != 200
-        ):
-            # akashchat wraps its failures as {"code": 500, "data": {"msg": ...}}, even on 200.
+        if is_wrapped_error(document):
             raise self._payload_error(document)
+        data = document.get("data")
         choices = document.get("choices")
         if not isinstance(choices, list):
             if isinstance(data, dict) and ("pic" in data or "jobId" in data):
@@ -523,6 +520,18 @@ async def _within(when: float, phase: str, seconds: float) -> AsyncIterator[None
             yield
     except TimeoutError as exc:
         raise LLMTimeoutError(phase, seconds) from exc
+
+
+def is_wrapped_error(document: dict[str, Any]) -> bool:
+    """True for an error delivered in a successful answer's body.
+
+    OpenAI-style `{"error": ...}` objects, and akashchat's `{"code": 500, "data": {"msg": ...}}`
+    envelope, which it sends even with HTTP 200.
+    """
+    data = document.get("data")
+    return bool(document.get("error")) or (
+        isinstance(data, dict) and "msg" in data and document.get("code") != 200
+    )
 
 
 def _full_jitter(cap: float) -> float:

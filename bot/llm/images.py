@@ -42,6 +42,7 @@ from bot.llm.client import (
     _status_from_hints,
     _str,
     _within,
+    is_wrapped_error,
 )
 from bot.llm.client import _classify as _classify_status
 from bot.llm.errors import (
@@ -254,11 +255,7 @@ class ImageClient:
             raise LLMProtocolError("backend's image answer is not JSON") from exc
         if not isinstance(document, dict):
             raise LLMProtocolError("backend's image answer has an unexpected shape")
-        data = document.get("data")
-        if document.get("error") or (
-            isinstance(data, dict) and "msg" in data and document.get("code") != 200
-        ):
-            # Errors wrapped in an HTTP 200: OpenAI-style objects, akashchat's envelope.
+        if is_wrapped_error(document):
             raise self._payload_error(document)
         return document
 

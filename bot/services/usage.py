@@ -234,12 +234,14 @@ class UsageService:
         *,
         sessions: async_sessionmaker[AsyncSession],
         policy: UsagePolicy,
+        settled: SettledUsage | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
         self._policy = policy
         self._clock = clock
-        self._settled = SettledUsage()
+        # Shared with the other usage service so past days are read once, not once per service.
+        self._settled = settled or SettledUsage()
 
     @property
     def timezone_name(self) -> str:
@@ -365,12 +367,14 @@ class BudgetService:
         *,
         sessions: async_sessionmaker[AsyncSession],
         policy: UsagePolicy,
+        settled: SettledUsage | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
         self._policy = policy
         self._clock = clock
-        self._settled = SettledUsage()
+        # Shared with the other usage service so past days are read once, not once per service.
+        self._settled = settled or SettledUsage()
 
     @property
     def enabled(self) -> bool:
