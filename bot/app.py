@@ -28,6 +28,7 @@ from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
 from bot.services.usage import BudgetService, Limits, SettledUsage, UsagePolicy, UsageService
 from bot.telegram.handlers import chat, common, errors, image, language, model, usage
+from bot.telegram.lazy_types import build_hot_models, hot_methods
 from bot.telegram.middlewares import (
     AccessMiddleware,
     ChatSequencer,
@@ -150,6 +151,8 @@ async def build_app(settings: Settings) -> App:
     )
 
     session = BotSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    build_hot_models()
+    session.pin_response_models(hot_methods())
     bot = Bot(token=settings.bot_token.get_secret_value(), session=session)
     gate = FloodGate(
         private_interval=settings.edit_interval_private,

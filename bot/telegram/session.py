@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -34,10 +35,17 @@ class BotSession(AiohttpSession):
         content: str,
     ) -> Response[TelegramType]:
         """Parse an answer as aiogram does, with its response model pinned."""
-        returning = method.__returning__
+        self._pin(method.__returning__)
+        return super().check_response(bot, method, status_code, content)
+
+    def pin_response_models(self, methods: Iterable[type[TelegramMethod[Any]]]) -> None:
+        """Build and keep the response models of these methods now, before the first call."""
+        for method in methods:
+            self._pin(method.__returning__)
+
+    def _pin(self, returning: Any) -> None:
         try:
             if returning not in self._response_models:
-                self._response_models[returning] = Response[returning]  # type: ignore[valid-type]
+                self._response_models[returning] = Response[returning]
         except TypeError:  # an unhashable return annotation: nothing to pin it by
             pass
-        return super().check_response(bot, method, status_code, content)
