@@ -20,7 +20,7 @@ from bot.config import Settings
 from bot.db.engine import create_engine, create_sessionmaker, migrate
 from bot.llm.client import STREAM_READ_INTERVAL, LLMClient, LLMTimeouts, RetryPolicy
 from bot.llm.images import ImageClient
-from bot.llm.transport import paced_transport
+from bot.llm.transport import AiohttpTransport
 from bot.services.chat import ChatConfig, ChatService
 from bot.services.images import ImageConfig, ImageService
 from bot.services.languages import LanguageService
@@ -66,9 +66,7 @@ async def build_app(settings: Settings) -> App:
 
     # One pooled client for every backend call; streams are long-lived, so allow many at once.
     http = httpx.AsyncClient(
-        transport=paced_transport(
-            limits=httpx.Limits(max_connections=4096, max_keepalive_connections=64)
-        ),
+        transport=AiohttpTransport(max_connections=4096),
         headers={"User-Agent": "llm-telegram-bot"},
     )
     llm = LLMClient(

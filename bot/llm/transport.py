@@ -1,43 +1,48 @@
-"""The HTTP transport to the backend: httpx's own, with the reads of a streaming answer paced.
+"""The HTTP transport to the backend: httpx's client API, sent and received by aiohttp.
 
-Receiving a streamed answer costs far more per network read than per event: each read goes
-through httpx, httpcore, h11 and anyio and takes two turns of the event loop, about 0.25 ms of
-CPU, against some 0.03 ms to parse an event. Backends send an event per token or so, while
-Telegram shows an answer at most once a second. So once an answer has started, its connection
-is read at most a few times a second (`PacedStream.pace`): the events that arrive meanwhile
-wait in the socket buffer and come in together with the next read. Nothing else changes: the
-request, the headers and the first token are read as soon as they arrive.
+The bot talks to the backend through ``httpx.AsyncClient`` (timeouts, errors, streaming
+responses), but the bytes travel through aiohttp, which aiogram already brings. Its C parser
+and asyncio-native connections cost a fraction of httpcore's pure-Python h11 and anyio layers:
+at 1,000 answers streaming at once the bot spent half its CPU inside those layers.
+
+Backends send an event per token or so, while Telegram shows an answer at most once a second.
+So once an answer has started its response is read at most a few times a second
+(:attr:`PacedStream.pace`); the events that arrive meanwhile wait in the buffer and come in
+together with the next read. The request, the headers and the first token are read at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
 import ssl
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
-
-logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class PacedStream(httpcore.AsyncNetworkStream):
-    """One connection; while `pace` is above zero, its reads start at most that often."""
+class PacedStream(httpx.AsyncByteStream):
+    """The body of one response; while `pace` is above zero, reads start at most that often.
+
+    Each read returns all that has arrived, so a paced answer is read in a few large pieces.
+    """
 
     def __init__(
         self,
-        inner: httpcore.AsyncNetworkStream,
+        response: aiohttp.ClientResponse,
         *,
+        read_timeout: float | None,
         clock: Clock | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        """Wrap `inner`; `clock` (default: the loop's) and `sleep` are injectable for tests."""
-        self._inner = inner
+        """Read `response`; `clock` (default: the loop's) and `sleep` are injectable for tests."""
+        self._response = response
+        self._read_timeout = read_timeout
         self._clock = clock
         self._sleep = sleep
         self._last_read = float("-inf")
@@ -47,86 +52,139 @@ class PacedStream(httpcore.AsyncNetworkStream):
     def _now(self) -> float:
         return self._clock() if self._clock is not None else asyncio.get_running_loop().time()
 
-    # httpcore's interface passes timeouts as arguments, hence the noqa: ASYNC109 below.
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        """Read what has arrived, after waiting out the pace since the previous read."""
-        if self.pace > 0:
-            wait = self._last_read + self.pace - self._now()
-            if wait > 0:
-                await self._sleep(wait)
-        self.reads += 1
-        data = await self._inner.read(max_bytes, timeout)
-        self._last_read = self._now()
-        return data
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """Send bytes."""
-        await self._inner.write(buffer, timeout)
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        """Yield the body as it arrives, paced while `pace` is set."""
+        content = self._response.content
+        while True:
+            if self.pace > 0:
+                wait = self._last_read + self.pace - self._now()
+                if wait > 0:
+                    await self._sleep(wait)
+            self.reads += 1
+            try:
+                with _mapped_errors(reading=True):
+                    data = content.read_nowait()  # all that has arrived, without a timer
+                    if not data and not content.at_eof():
+                        async with asyncio.timeout(self._read_timeout):
+                            data = await content.readany()
+            except httpx.ReadError:
+                # aiohttp refuses every read once the connection broke, even of what had
+                # arrived before: hand that on first, so a cut-off answer keeps all its text.
+                buffered = getattr(content, "_buffer", None)  # a deque of bytes in aiohttp 3.x
+                if buffered:
+                    tail = b"".join(buffered)
+                    buffered.clear()
+                    yield tail
+                raise
+            self._last_read = self._now()
+            if not data:
+                return
+            yield data
 
     async def aclose(self) -> None:
-        """Close the connection."""
-        await self._inner.aclose()
+        """Give the connection back: kept alive if the body was read to the end, else closed."""
+        self._response.release()
 
-    async def start_tls(
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """Sends httpx requests with one aiohttp session; bodies come as :class:`PacedStream`."""
+
+    def __init__(
         self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> httpcore.AsyncNetworkStream:
-        """Upgrade to TLS; the upgraded connection can be paced too."""
-        inner = await self._inner.start_tls(ssl_context, server_hostname, timeout)
-        return PacedStream(inner, clock=self._clock, sleep=self._sleep)
+        *,
+        max_connections: int = 100,
+        keepalive_seconds: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        """Up to `max_connections` at once; idle ones are kept for `keepalive_seconds`.
 
-    def get_extra_info(self, info: str) -> Any:
-        """What the underlying connection says (socket, addresses, TLS object, readability)."""
-        return self._inner.get_extra_info(info)
+        The session is created on the first request, inside the running event loop. Proxies
+        come from HTTP_PROXY/HTTPS_PROXY/NO_PROXY, as with httpx's own transport.
+        """
+        self._max_connections = max_connections
+        self._keepalive_seconds = keepalive_seconds
+        self._ssl_context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                keepalive_timeout=self._keepalive_seconds,
+                ssl=self._ssl_context,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=True,
+                auto_decompress=False,  # httpx decodes the body itself
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send `request`; the response body is read later, through the returned stream."""
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        body = await request.aread()
+        with _mapped_errors(reading=False):
+            response = await self._get_session().request(
+                request.method,
+                str(request.url),
+                headers=request.headers.multi_items(),
+                data=body or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=timeouts.get("pool"),
+                    sock_connect=timeouts.get("connect"),
+                    # The body's reads are bounded by PacedStream, once per read rather than
+                    # once per network packet as aiohttp's sock_read would.
+                    sock_read=None,
+                ),
+            )
+        stream = PacedStream(response, read_timeout=timeouts.get("read"))
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1", "network_stream": stream}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=stream,
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+        if self._session is not None:
+            await self._session.close()
 
 
-class _PacedBackend(httpcore.AsyncNetworkBackend):
-    """Opens connections through another backend and wraps them in `PacedStream`."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
-        self._inner = inner
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
-        return PacedStream(stream)
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        stream = await self._inner.connect_unix_socket(path, timeout, socket_options)
-        return PacedStream(stream)
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+@contextlib.contextmanager
+def _mapped_errors(*, reading: bool) -> Iterator[None]:
+    """Turn aiohttp's errors into httpx's, which the backend client understands."""
+    try:
+        yield
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise _httpx_error(exc, reading=reading) from exc
 
 
-def paced_transport(*, limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
-    """httpx's transport, its connections opened as `PacedStream`s (unpaced until asked)."""
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    # httpx takes no network backend, so it is swapped into the pool it built; if a future
-    # httpx or httpcore moves it, the transport still works, only unpaced.
-    pool = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if isinstance(backend, httpcore.AsyncNetworkBackend):
-        pool._network_backend = _PacedBackend(backend)  # type: ignore[union-attr]
-    else:
-        logger.warning("cannot pace backend reads with this httpx version; reading unpaced")
-    return transport
+def _httpx_error(exc: Exception, *, reading: bool) -> httpx.TransportError:
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message)
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return httpx.ReadTimeout(message or "timed out waiting for the backend")
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
+        return httpx.UnsupportedProtocol(message)
+    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return httpx.ProxyError(message)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message)
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(message) if not reading else httpx.ReadError(message)
+    return httpx.ReadError(message) if reading else httpx.NetworkError(message)
 
 
 def paced_stream(response: httpx.Response) -> PacedStream | None:
-    """The connection a response is read from, if it can be paced (HTTP/1.1 via our transport)."""
+    """The body stream of a response sent through :class:`AiohttpTransport`, else None."""
     stream = response.extensions.get("network_stream")
     return stream if isinstance(stream, PacedStream) else None
