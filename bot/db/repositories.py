@@ -112,7 +112,14 @@ class ChatRepository:
         self._session = session
 
     async def upsert(self, *, chat_id: int, type: str, title: str | None) -> ChatRecord:
-        """Insert the chat or update its type and title; the chosen model is kept."""
+        """Insert the chat or update its type and title; the chosen model is kept.
+
+        Nearly every message comes from a chat as it is already stored, so the row is read
+        first and written only when it is missing or differs.
+        """
+        current = await self.get(chat_id=chat_id)
+        if current is not None and current.type == type and current.title == title:
+            return current
         table = CHATS
         now = utcnow()
         new = _upsert_insert(self._session, table).values(
@@ -172,7 +179,21 @@ class UserRepository:
         full_name: str,
         language_code: str | None,
     ) -> UserRecord:
-        """Insert the user or update what Telegram reports; the chosen language is kept."""
+        """Insert the user or update what Telegram reports; the chosen language is kept.
+
+        Read first and written only when missing or different, as chats are.
+        """
+        current = await self.get(user_id=user_id)
+        if current is not None and (
+            current.username,
+            current.full_name,
+            current.language_code,
+        ) == (
+            username,
+            full_name,
+            language_code,
+        ):
+            return current
         table = USERS
         now = utcnow()
         new = _upsert_insert(self._session, table).values(

@@ -281,20 +281,21 @@ class LLMClient:
                         source = _AnyTypeEventSource(response)
                     # Paced from the first text on: see bot.llm.transport.
                     pacer = paced_stream(response) if self._read_interval > 0 else None
+                    # The budget bounds each read of the body rather than each event: a read
+                    # brings several events, and a timer per event cost more than parsing it.
+                    assert isinstance(response.stream, httpx.AsyncByteStream)  # an AsyncClient's
+                    response.stream = _BoundedStream(response.stream, budget)
                     events = source.aiter_sse()
                     try:
                         async with contextlib.aclosing(events):
-                            while not state.done:
-                                async with _within(*budget()):
-                                    try:
-                                        sse = await anext(events)
-                                    except StopAsyncIteration:
-                                        break
+                            async for sse in events:
                                 for text in self._handle_event(sse, state):
                                     if pacer is not None:
                                         pacer.pace = self._read_interval
                                     state.text_sent = True
                                     yield TextDelta(text)
+                                if state.done:
+                                    break
                     finally:
                         if pacer is not None:
                             # Before the connection goes back to the pool for other requests.
@@ -520,6 +521,34 @@ async def _within(when: float, phase: str, seconds: float) -> AsyncIterator[None
             yield
     except TimeoutError as exc:
         raise LLMTimeoutError(phase, seconds) from exc
+
+
+class _BoundedStream(httpx.AsyncByteStream):
+    """A response body whose every read must finish before the deadline `budget` gives then."""
+
+    def __init__(
+        self, inner: httpx.AsyncByteStream, budget: Callable[[], tuple[float, str, float]]
+    ) -> None:
+        self._inner = inner
+        self._budget = budget
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = aiter(self._inner)
+        try:
+            while True:
+                async with _within(*self._budget()):
+                    try:
+                        chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        return
+                yield chunk
+        finally:
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 def is_wrapped_error(document: dict[str, Any]) -> bool:
