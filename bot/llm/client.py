@@ -154,7 +154,7 @@ class LLMClient:
         """Use the caller's shared `http` client; `sleep` is injectable so tests need not wait.
 
         `read_interval`: once an answer has started, read its connection at most this often,
-        when `http` uses `bot.llm.transport.paced_transport`; 0 reads as soon as data arrives.
+        when `http` sends through `bot.llm.transport.AiohttpTransport`; 0 reads at once.
         """
         self._http = http
         self._base_url = base_url.rstrip("/")
