@@ -107,6 +107,24 @@ class RetryPolicy:
     base_delay: float = 1.0
     max_delay: float = 30.0
 
+    def delay(self, exc: LLMError, attempt: int, deadline: float) -> float | None:
+        """Seconds to wait before retrying after `exc`, or None if no retry is left in time.
+
+        The caller decides which errors are retryable at all (chat and image calls differ).
+        `attempt` counts retries so far; no retry may start at or after `deadline` (loop time).
+        """
+        if attempt >= self.max_retries:
+            return None
+        cap = min(self.max_delay, self.base_delay * 2.0 ** min(attempt, 60))
+        delay = _full_jitter(cap)
+        if isinstance(exc, LLMRateLimitError) and exc.retry_after is not None:
+            if exc.retry_after > RETRY_AFTER_CAP:
+                return None
+            delay = max(delay, exc.retry_after)
+        if asyncio.get_running_loop().time() + delay >= deadline:
+            return None
+        return delay
+
 
 @dataclass(slots=True)
 class _ErrorInfo:
@@ -206,7 +224,7 @@ class LLMClient:
             except LLMError as exc:
                 if state.text_sent:
                     raise
-                delay = self._retry_delay(exc, attempt, deadline)
+                delay = self._retry.delay(exc, attempt, deadline) if _is_retryable(exc) else None
                 if delay is None:
                     raise
                 self._log_retry(exc, attempt, delay)
@@ -221,7 +239,7 @@ class LLMClient:
             try:
                 return await self._list_models_once(deadline)
             except LLMError as exc:
-                delay = self._retry_delay(exc, attempt, deadline)
+                delay = self._retry.delay(exc, attempt, deadline) if _is_retryable(exc) else None
                 if delay is None:
                     raise
                 self._log_retry(exc, attempt, delay)
@@ -472,19 +490,6 @@ class LLMClient:
         return text
 
     # -- retries -----------------------------------------------------------------------------
-
-    def _retry_delay(self, exc: LLMError, attempt: int, deadline: float) -> float | None:
-        if attempt >= self._retry.max_retries or not _is_retryable(exc):
-            return None
-        cap = min(self._retry.max_delay, self._retry.base_delay * 2.0 ** min(attempt, 60))
-        delay = _full_jitter(cap)
-        if isinstance(exc, LLMRateLimitError) and exc.retry_after is not None:
-            if exc.retry_after > RETRY_AFTER_CAP:
-                return None
-            delay = max(delay, exc.retry_after)
-        if asyncio.get_running_loop().time() + delay >= deadline:
-            return None
-        return delay
 
     def _log_retry(self, exc: LLMError, attempt: int, delay: float) -> None:
         logger.warning(

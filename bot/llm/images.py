@@ -30,12 +30,10 @@ import httpx
 
 # The error dialects are the chat client's: one parser for every backend answer.
 from bot.llm.client import (
-    RETRY_AFTER_CAP,
     RetryPolicy,
     _error_info,
     _error_info_from_body,
     _ErrorInfo,
-    _full_jitter,
     _parse_usage,
     _read_error_body,
     _retry_after,
@@ -296,7 +294,7 @@ class ImageClient:
             try:
                 return await call()
             except LLMError as exc:
-                delay = self._retry_delay(exc, attempt, deadline)
+                delay = self._retry.delay(exc, attempt, deadline) if _is_retryable(exc) else None
                 if delay is None:
                     raise
                 logger.warning(
@@ -309,19 +307,6 @@ class ImageClient:
                 )
             attempt += 1
             await self._sleep(delay)
-
-    def _retry_delay(self, exc: LLMError, attempt: int, deadline: float) -> float | None:
-        if attempt >= self._retry.max_retries or not _is_retryable(exc):
-            return None
-        cap = min(self._retry.max_delay, self._retry.base_delay * 2.0 ** min(attempt, 60))
-        delay = _full_jitter(cap)
-        if isinstance(exc, LLMRateLimitError) and exc.retry_after is not None:
-            if exc.retry_after > RETRY_AFTER_CAP:
-                return None
-            delay = max(delay, exc.retry_after)
-        if asyncio.get_running_loop().time() + delay >= deadline:
-            return None
-        return delay
 
     # -- errors ------------------------------------------------------------------------------
 
