@@ -42,6 +42,7 @@ from sqlalchemy import event, insert, text  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from bot.db import Chat, User, create_engine, create_sessionmaker, migrate  # noqa: E402
+from bot.db.engine import create_report_engine  # noqa: E402
 from bot.pricing import Price, PriceList  # noqa: E402
 from bot.services.usage import BudgetService, Limits, UsagePolicy, UsageService  # noqa: E402
 
@@ -193,11 +194,8 @@ async def run(args: argparse.Namespace) -> None:
     """Fill the database, then time the report and the budget check."""
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{Path(tmp) / 'usage.db'}"
-        engine = create_engine(
-            url.replace("sqlite://", "sqlite+aiosqlite://", 1)
-            if url.startswith("sqlite://")
-            else url
-        )
+        engine = create_engine(url)
+        report_engine: AsyncEngine | None = None
         try:
             await migrate(engine)
             seconds = await fill(engine, rows=args.rows, users=args.users, days=args.days)
@@ -209,7 +207,9 @@ async def run(args: argparse.Namespace) -> None:
                 async with engine.begin() as conn:
                     await conn.execute(text("ANALYZE"))
                 print("ran ANALYZE")
-            sessions = create_sessionmaker(engine)
+            # As in the bot: the sums run on the report engine where there is one.
+            report_engine = create_report_engine(url)
+            sessions = create_sessionmaker(report_engine or engine)
             policy = UsagePolicy(prices=PRICES, user_limits=LIMITS, bot_limits=LIMITS)
             usage = UsageService(sessions=sessions, policy=policy)
             budgets = BudgetService(sessions=sessions, policy=policy)
@@ -226,10 +226,13 @@ async def run(args: argparse.Namespace) -> None:
                 args.repeat,
             )
             if args.explain:
-                await explain(engine, usage.bot_report)
-                await explain(engine, lambda: usage.user_report(user_id=heavy))
-                await explain(engine, lambda: budgets.check(user_id=heavy))
+                explained = report_engine or engine
+                await explain(explained, usage.bot_report)
+                await explain(explained, lambda: usage.user_report(user_id=heavy))
+                await explain(explained, lambda: budgets.check(user_id=heavy))
         finally:
+            if report_engine is not None:
+                await report_engine.dispose()
             await engine.dispose()
 
 

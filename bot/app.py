@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot import i18n
 from bot.config import Settings
-from bot.db.engine import create_engine, create_sessionmaker, migrate
+from bot.db.engine import create_engine, create_report_engine, create_sessionmaker, migrate
 from bot.llm.client import STREAM_READ_INTERVAL, LLMClient, LLMTimeouts, RetryPolicy
 from bot.llm.images import ImageClient
 from bot.llm.transport import AiohttpTransport
@@ -50,6 +50,7 @@ class App:
 
     settings: Settings
     engine: AsyncEngine
+    report_engine: AsyncEngine | None
     http: httpx.AsyncClient
     bot: Bot
     dispatcher: Dispatcher
@@ -63,6 +64,9 @@ async def build_app(settings: Settings) -> App:
     engine = create_engine(settings.database_url)
     await migrate(engine)
     sessions = create_sessionmaker(engine)
+    # Usage sums read many records; on SQLite they get a connection and a thread of their own.
+    report_engine = create_report_engine(settings.database_url)
+    report_sessions = create_sessionmaker(report_engine) if report_engine else sessions
 
     # One pooled client for every backend call; streams are long-lived, so allow many at once.
     http = httpx.AsyncClient(
@@ -107,11 +111,11 @@ async def build_app(settings: Settings) -> App:
         exempt_user_ids=frozenset(settings.owner_ids),
     )
     settled = SettledUsage()
-    usage_service = UsageService(sessions=sessions, policy=usage_policy, settled=settled)
+    usage_service = UsageService(sessions=report_sessions, policy=usage_policy, settled=settled)
     language_service = LanguageService(
         sessions=sessions, default_language=settings.default_language or None
     )
-    budgets = BudgetService(sessions=sessions, policy=usage_policy, settled=settled)
+    budgets = BudgetService(sessions=report_sessions, policy=usage_policy, settled=settled)
     chat_service = ChatService(
         sessions=sessions,
         llm=llm,
@@ -195,6 +199,7 @@ async def build_app(settings: Settings) -> App:
     app = App(
         settings=settings,
         engine=engine,
+        report_engine=report_engine,
         http=http,
         bot=bot,
         dispatcher=dispatcher,
@@ -235,8 +240,14 @@ async def _on_shutdown(app: App) -> None:
         with contextlib.suppress(TelegramAPIError, asyncio.TimeoutError):
             await app.bot.get_updates(offset=app.tracker.last_update_id + 1, limit=1, timeout=0)
     await app.http.aclose()
-    await app.engine.dispose()
+    await _dispose_engines(app)
     logger.info("stopped cleanly")
+
+
+async def _dispose_engines(app: App) -> None:
+    if app.report_engine is not None:
+        await app.report_engine.dispose()
+    await app.engine.dispose()
 
 
 async def _reach_telegram(app: App, *, handle_signals: bool) -> bool:
@@ -271,7 +282,7 @@ async def serve(app: App, *, handle_signals: bool = True, polling_timeout: int =
     """Poll Telegram and answer until stopped (SIGTERM/SIGINT or `dispatcher.stop_polling()`)."""
     if not await _reach_telegram(app, handle_signals=handle_signals):
         await app.http.aclose()
-        await app.engine.dispose()
+        await _dispose_engines(app)
         await app.bot.session.close()
         logger.info("stopped before Telegram could be reached")
         return

@@ -32,6 +32,9 @@ SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
 )
 
+# The report connection only reads; it leaves the journal mode to the main connection.
+REPORT_PRAGMAS = ("PRAGMA busy_timeout=10000", "PRAGMA query_only=ON")
+
 # How long a transaction may wait for the SQLite connection before failing. Transactions are
 # short (no network I/O inside), so even a thousand queued chats get their turn well within it.
 SQLITE_POOL_TIMEOUT_S = 120.0
@@ -72,30 +75,37 @@ def create_engine(url: str | URL) -> AsyncEngine:
     )
 
 
-def _create_sqlite_engine(url: URL) -> AsyncEngine:
+def create_report_engine(url: str | URL) -> AsyncEngine | None:
+    """An engine for long read-only queries (usage sums), or None where the main one serves.
+
+    On a SQLite file the main connection runs its statements on the event loop (see
+    `_SQLiteConnection`), which suits the conversation's short indexed statements but not a
+    sum over a month of usage records. Those run here: on a read-only connection of their own,
+    on a worker thread, in deferred transactions that never take the write lock (with WAL,
+    readers and the writer do not wait for each other). PostgreSQL's driver never blocks the
+    loop, and an in-memory database cannot be shared between connections, so both use the
+    main engine.
+    """
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "sqlite" or _in_memory(parsed):
+        return None
+    engine = _sqlite_file_engine(parsed, threaded=True)
+    event.listen(engine.sync_engine, "connect", _on_report_connect)
+    event.listen(engine.sync_engine, "begin", _on_report_begin)
+    return engine
+
+
+def _in_memory(url: URL) -> bool:
     database = url.database or ""
-    in_memory = database in ("", ":memory:") or database.startswith("file:")
-    if in_memory:
+    return database in ("", ":memory:") or database.startswith("file:")
+
+
+def _create_sqlite_engine(url: URL) -> AsyncEngine:
+    if _in_memory(url):
         engine = create_async_engine(url)
     else:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-
-        async def connect() -> _ThreadedSQLite:
-            args, kwargs = engine.sync_engine.dialect.create_connect_args(url)
-            return await _ThreadedSQLite.open(*args, **kwargs)
-
-        # One connection for the whole bot. SQLite lets one writer in at a time, and every
-        # transaction here starts with BEGIN IMMEDIATE, so more connections do not add
-        # throughput: they queue inside SQLite's busy handler, which polls with sleeps and
-        # leaves the database idle between holders. Waiting in the pool's queue instead is
-        # first-come first-served and hands the connection over at once.
-        engine = create_async_engine(
-            url,
-            async_creator=connect,
-            pool_size=1,
-            max_overflow=0,
-            pool_timeout=SQLITE_POOL_TIMEOUT_S,
-        )
+        Path(url.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = _sqlite_file_engine(url, threaded=False)
     # Transaction control follows SQLAlchemy's recipe for SQLite: the driver's own implicit
     # BEGIN handling is switched off and every transaction starts with BEGIN IMMEDIATE. A
     # deferred transaction that reads and later writes fails at once with "database is locked"
@@ -106,12 +116,40 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
     return engine
 
 
+def _sqlite_file_engine(url: URL, *, threaded: bool) -> AsyncEngine:
+    async def connect() -> _SQLiteConnection:
+        args, kwargs = engine.sync_engine.dialect.create_connect_args(url)
+        return await _SQLiteConnection.open(*args, threaded=threaded, **kwargs)
+
+    # One connection per engine. SQLite lets one writer in at a time, and every write
+    # transaction starts with BEGIN IMMEDIATE, so more connections do not add throughput: they
+    # queue inside SQLite's busy handler, which polls with sleeps and leaves the database idle
+    # between holders. Waiting in the pool's queue instead is first-come first-served and hands
+    # the connection over at once.
+    engine = create_async_engine(
+        url,
+        async_creator=connect,
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=SQLITE_POOL_TIMEOUT_S,
+    )
+    return engine
+
+
 def _on_sqlite_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    _pragmas(dbapi_connection, SQLITE_PRAGMAS)
+
+
+def _on_report_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    _pragmas(dbapi_connection, REPORT_PRAGMAS)
+
+
+def _pragmas(dbapi_connection: Any, pragmas: Sequence[str]) -> None:
     if dbapi_connection.isolation_level is not None:
         dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     try:
-        for pragma in SQLITE_PRAGMAS:
+        for pragma in pragmas:
             cursor.execute(pragma)
     finally:
         cursor.close()
@@ -121,27 +159,36 @@ def _on_sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _on_report_begin(connection: Connection) -> None:
+    # Deferred: a read transaction sees one snapshot and never holds up the writer.
+    connection.exec_driver_sql("BEGIN")
+
+
 _T = TypeVar("_T")
 
 
-class _ThreadedSQLite:
-    """A sqlite3 connection on a thread of its own, behind the asyncio API SQLAlchemy expects.
+class _SQLiteConnection:
+    """A sqlite3 connection behind the asyncio API SQLAlchemy's aiosqlite dialect expects.
 
-    It stands in for aiosqlite's connection (SQLAlchemy's aiosqlite dialect adapts either).
-    aiosqlite makes a separate trip to its thread to open a cursor, execute, fetch and close;
-    under load each trip waits for a turn of the event loop, so a transaction of six statements
-    took about thirty of them. Here a statement, its rows and its cursor are one trip, so the
-    database is held for a fraction of the time. SQLite still never blocks the event loop.
+    It stands in for aiosqlite's connection (the dialect adapts either). aiosqlite hands every
+    call to a thread of its own and back; each such hop costs 100-300 µs of CPU in thread
+    wake-ups, while the indexed statements of a conversation take SQLite 10-50 µs. So by
+    default a statement runs in place, on the event loop, with its rows fetched at once; a
+    conversation's transaction then never waits for a thread. `threaded=True` keeps the hop,
+    one per statement rather than aiosqlite's several, for the long read-only queries of
+    `create_report_engine`.
     """
 
-    def __init__(self, db: sqlite3.Connection, worker: ThreadPoolExecutor) -> None:
+    def __init__(self, db: sqlite3.Connection, worker: ThreadPoolExecutor | None) -> None:
         self._db: sqlite3.Connection | None = db
         self._worker = worker
 
     @classmethod
-    async def open(cls, *args: Any, **kwargs: Any) -> _ThreadedSQLite:
-        """Connect on a new worker thread; transactions are left to explicit BEGIN/COMMIT."""
+    async def open(cls, *args: Any, threaded: bool, **kwargs: Any) -> _SQLiteConnection:
+        """Connect; transactions are left to explicit BEGIN/COMMIT."""
         kwargs["isolation_level"] = None
+        if not threaded:
+            return cls(sqlite3.connect(*args, **kwargs), None)
         worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         loop = asyncio.get_running_loop()
         try:
@@ -162,12 +209,14 @@ class _ThreadedSQLite:
         return None
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
-        """Run `function(*args)` on the connection's thread."""
+        """Run `function(*args)` in place, or on the connection's thread if it has one."""
+        if self._worker is None:
+            return function(*args)
         return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
 
-    def cursor(self) -> _ThreadedCursor:
+    def cursor(self) -> _SQLiteCursor:
         """A cursor; it touches the database only when executing."""
-        return _ThreadedCursor(self)
+        return _SQLiteCursor(self)
 
     async def commit(self) -> None:
         """Commit the current transaction."""
@@ -192,18 +241,22 @@ class _ThreadedSQLite:
             try:
                 await self.run(db.close)
             finally:
-                self._worker.shutdown(wait=False)
+                self._stop_worker()
 
     def stop(self) -> None:
         """Abandon the connection without waiting (SQLAlchemy's forced termination)."""
         self._db = None
-        self._worker.shutdown(wait=False)
+        self._stop_worker()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=False)
 
 
 def _execute(
     db: sqlite3.Connection | None, operation: str, parameters: Any, many: bool
 ) -> tuple[Any, list[Any], int, int | None]:
-    """Execute and fetch everything in one go, on the connection's thread."""
+    """Execute and fetch everything in one go."""
     if db is None:
         raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
     cursor = db.cursor()
@@ -218,32 +271,32 @@ def _execute(
         cursor.close()
 
 
-class _ThreadedCursor:
+class _SQLiteCursor:
     """The results of one statement, fetched with it; the DB-API cursor surface SQLAlchemy uses."""
 
     arraysize = 1
 
-    def __init__(self, connection: _ThreadedSQLite) -> None:
+    def __init__(self, connection: _SQLiteConnection) -> None:
         self._connection = connection
         self.description: Any = None
         self.rowcount = -1
         self.lastrowid: int | None = None
         self._rows: list[Any] = []
 
-    async def __aenter__(self) -> _ThreadedCursor:
+    async def __aenter__(self) -> _SQLiteCursor:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def execute(self, operation: str, parameters: Sequence[Any] = ()) -> _ThreadedCursor:
+    async def execute(self, operation: str, parameters: Sequence[Any] = ()) -> _SQLiteCursor:
         """Execute one statement and keep its rows."""
         db = self._connection._connection
         result = await self._connection.run(_execute, db, operation, parameters, False)
         self.description, self._rows, self.rowcount, self.lastrowid = result
         return self
 
-    async def executemany(self, operation: str, parameters: Any) -> _ThreadedCursor:
+    async def executemany(self, operation: str, parameters: Any) -> _SQLiteCursor:
         """Execute one statement for each parameter set."""
         db = self._connection._connection
         result = await self._connection.run(_execute, db, operation, list(parameters), True)

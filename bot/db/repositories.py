@@ -7,14 +7,28 @@ session and nothing they return can go stale or trigger lazy loading.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    CursorResult,
+    Integer,
+    Select,
+    Table,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningInsert
 
 from bot.db.models import ERROR_MAX_LENGTH, Chat, Turn, UsageRecord, User, utcnow
 
@@ -94,14 +108,120 @@ class NewUsage:
     size: str | None = None
 
 
-def _upsert_insert(session: AsyncSession, table: Table) -> postgresql.Insert | sqlite.Insert:
+# The statements run for every message are built once, with their values bound at execution:
+# building a statement and computing its cache key cost more than SQLite takes to run it.
+_CHAT_BY_ID = select(CHATS.c.id, CHATS.c.type, CHATS.c.title, CHATS.c.model).where(
+    CHATS.c.id == bindparam("chat_id")
+)
+_USER_BY_ID = select(
+    USERS.c.id, USERS.c.username, USERS.c.full_name, USERS.c.language_code, USERS.c.language
+).where(USERS.c.id == bindparam("user_id"))
+_HAS_MESSAGE = select(
+    exists().where(
+        TURNS.c.chat_id == bindparam("chat_id"),
+        TURNS.c.telegram_message_id == bindparam("message_id"),
+    )
+)
+_ADD_TURNS = insert(TURNS)
+_ADD_USAGE = insert(USAGE_RECORDS)
+_TURN_COLUMNS = (
+    TURNS.c.id,
+    TURNS.c.role,
+    TURNS.c.content,
+    TURNS.c.author_id,
+    TURNS.c.author_name,
+    TURNS.c.tokens,
+    TURNS.c.interrupted,
+)
+
+
+def _recent_turns(*, budgeted: bool) -> Select[Any]:
+    """The newest `limit` turns of a chat, newest first; with a budget, only those that fit it."""
+    chat_id = TURNS.c.chat_id == bindparam("chat_id")
+    where = chat_id
+    if budgeted:
+        # Running total, newest first, over the ids and token counts of the newest `limit`
+        # turns (an index range): the oldest turn still within the budget bounds the read.
+        newest = (
+            select(TURNS.c.id, TURNS.c.tokens)
+            .where(chat_id)
+            .order_by(TURNS.c.id.desc())
+            .limit(bindparam("limit", type_=Integer))
+            .subquery()
+        )
+        running = select(
+            newest.c.id,
+            func.sum(newest.c.tokens + bindparam("overhead", type_=Integer))
+            .over(order_by=newest.c.id.desc())
+            .label("running"),
+        ).subquery()
+        oldest = (
+            select(func.min(running.c.id))
+            .where(running.c.running <= bindparam("budget", type_=Integer))
+            .scalar_subquery()
+        )
+        where = chat_id & (TURNS.c.id >= oldest)
+    return (
+        select(*_TURN_COLUMNS)
+        .where(where)
+        .order_by(TURNS.c.id.desc())
+        .limit(bindparam("limit", type_=Integer))
+    )
+
+
+_RECENT = _recent_turns(budgeted=False)
+_RECENT_WITHIN_BUDGET = _recent_turns(budgeted=True)
+
+
+def _upsert_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
     """Return the dialect's INSERT construct, which supports ON CONFLICT."""
-    dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         return postgresql.insert(table)
     if dialect == "sqlite":
         return sqlite.insert(table)
     raise RuntimeError(f"upserts are not implemented for the {dialect!r} database")
+
+
+@functools.cache
+def _chat_upsert(dialect: str) -> ReturningInsert[Any]:
+    """Insert a chat, or update its type and title when they changed; returns the row if written.
+
+    Executed with the column values as parameters; unchanged rows are not rewritten.
+    """
+    new = _upsert_insert(dialect, CHATS)
+    return new.on_conflict_do_update(
+        index_elements=[CHATS.c.id],
+        set_={
+            "type": new.excluded.type,
+            "title": new.excluded.title,
+            "updated_at": new.excluded.updated_at,
+        },
+        where=(CHATS.c.type != new.excluded.type)
+        | CHATS.c.title.is_distinct_from(new.excluded.title),
+    ).returning(CHATS.c.id, CHATS.c.type, CHATS.c.title, CHATS.c.model)
+
+
+@functools.cache
+def _user_upsert(dialect: str) -> ReturningInsert[Any]:
+    """Insert a user, or update what Telegram reports when it changed; returns the row if written.
+
+    Executed with the column values as parameters; unchanged rows are not rewritten.
+    """
+    new = _upsert_insert(dialect, USERS)
+    return new.on_conflict_do_update(
+        index_elements=[USERS.c.id],
+        set_={
+            "username": new.excluded.username,
+            "full_name": new.excluded.full_name,
+            "language_code": new.excluded.language_code,
+            "updated_at": new.excluded.updated_at,
+        },
+        where=USERS.c.username.is_distinct_from(new.excluded.username)
+        | (USERS.c.full_name != new.excluded.full_name)
+        | USERS.c.language_code.is_distinct_from(new.excluded.language_code),
+    ).returning(
+        USERS.c.id, USERS.c.username, USERS.c.full_name, USERS.c.language_code, USERS.c.language
+    )
 
 
 class ChatRepository:
@@ -120,23 +240,16 @@ class ChatRepository:
         current = await self.get(chat_id=chat_id)
         if current is not None and current.type == type and current.title == title:
             return current
-        table = CHATS
         now = utcnow()
-        new = _upsert_insert(self._session, table).values(
-            id=chat_id, type=type, title=title, created_at=now, updated_at=now
-        )
-        stmt = new.on_conflict_do_update(
-            index_elements=[table.c.id],
-            set_={
-                "type": new.excluded.type,
-                "title": new.excluded.title,
-                "updated_at": new.excluded.updated_at,
-            },
-            # Unchanged rows are not rewritten, so the per-message upsert costs no write.
-            where=(table.c.type != new.excluded.type)
-            | table.c.title.is_distinct_from(new.excluded.title),
-        ).returning(table.c.id, table.c.type, table.c.title, table.c.model)
-        row = (await self._session.execute(stmt)).one_or_none()
+        stmt = _chat_upsert(self._session.get_bind().dialect.name)
+        params = {
+            "id": chat_id,
+            "type": type,
+            "title": title,
+            "created_at": now,
+            "updated_at": now,
+        }
+        row = (await self._session.execute(stmt, params)).one_or_none()
         if row is None:
             # Nothing changed: the conflicting row was left as it is, so read it.
             record = await self.get(chat_id=chat_id)
@@ -147,8 +260,7 @@ class ChatRepository:
 
     async def get(self, *, chat_id: int) -> ChatRecord | None:
         """Return the chat, or None if it was never stored."""
-        stmt = select(Chat.id, Chat.type, Chat.title, Chat.model).where(Chat.id == chat_id)
-        row = (await self._session.execute(stmt)).one_or_none()
+        row = (await self._session.execute(_CHAT_BY_ID, {"chat_id": chat_id})).one_or_none()
         if row is None:
             return None
         return ChatRecord(id=row.id, type=row.type, title=row.title, model=row.model)
@@ -194,36 +306,17 @@ class UserRepository:
             language_code,
         ):
             return current
-        table = USERS
         now = utcnow()
-        new = _upsert_insert(self._session, table).values(
-            id=user_id,
-            username=username,
-            full_name=full_name,
-            language_code=language_code,
-            created_at=now,
-            updated_at=now,
-        )
-        stmt = new.on_conflict_do_update(
-            index_elements=[table.c.id],
-            set_={
-                "username": new.excluded.username,
-                "full_name": new.excluded.full_name,
-                "language_code": new.excluded.language_code,
-                "updated_at": new.excluded.updated_at,
-            },
-            # Unchanged rows are not rewritten, so the per-message upsert costs no write.
-            where=table.c.username.is_distinct_from(new.excluded.username)
-            | (table.c.full_name != new.excluded.full_name)
-            | table.c.language_code.is_distinct_from(new.excluded.language_code),
-        ).returning(
-            table.c.id,
-            table.c.username,
-            table.c.full_name,
-            table.c.language_code,
-            table.c.language,
-        )
-        row = (await self._session.execute(stmt)).one_or_none()
+        params = {
+            "id": user_id,
+            "username": username,
+            "full_name": full_name,
+            "language_code": language_code,
+            "created_at": now,
+            "updated_at": now,
+        }
+        stmt = _user_upsert(self._session.get_bind().dialect.name)
+        row = (await self._session.execute(stmt, params)).one_or_none()
         if row is None:
             # Nothing changed: the conflicting row was left as it is, so read it.
             record = await self.get(user_id=user_id)
@@ -234,10 +327,7 @@ class UserRepository:
 
     async def get(self, *, user_id: int) -> UserRecord | None:
         """Return the user, or None if they were never stored."""
-        stmt = select(
-            User.id, User.username, User.full_name, User.language_code, User.language
-        ).where(User.id == user_id)
-        row = (await self._session.execute(stmt)).one_or_none()
+        row = (await self._session.execute(_USER_BY_ID, {"user_id": user_id})).one_or_none()
         return None if row is None else _user_record(row)
 
     async def set_language(self, *, user_id: int, language: str | None) -> None:
@@ -294,7 +384,7 @@ class TurnRepository:
             for turn in turns
         ]
         # A plain executemany inserts the rows one after another, so ids follow list order.
-        await self._session.execute(insert(TURNS), rows)
+        await self._session.execute(_ADD_TURNS, rows)
 
     async def recent(
         self, *, chat_id: int, limit: int, token_budget: int | None = None, overhead: int = 0
@@ -306,44 +396,12 @@ class TurnRepository:
         """
         if limit <= 0 or (token_budget is not None and token_budget <= 0):
             return []
-        where = Turn.chat_id == chat_id
+        params = {"chat_id": chat_id, "limit": limit}
+        stmt = _RECENT
         if token_budget is not None:
-            # Running total, newest first, over the ids and token counts of the newest `limit`
-            # turns (an index range): the oldest turn still within the budget bounds the read.
-            newest = (
-                select(Turn.id, Turn.tokens)
-                .where(Turn.chat_id == chat_id)
-                .order_by(Turn.id.desc())
-                .limit(limit)
-                .subquery()
-            )
-            running = select(
-                newest.c.id,
-                func.sum(newest.c.tokens + overhead)
-                .over(order_by=newest.c.id.desc())
-                .label("running"),
-            ).subquery()
-            oldest = (
-                select(func.min(running.c.id))
-                .where(running.c.running <= token_budget)
-                .scalar_subquery()
-            )
-            where = where & (Turn.id >= oldest)
-        stmt = (
-            select(
-                Turn.id,
-                Turn.role,
-                Turn.content,
-                Turn.author_id,
-                Turn.author_name,
-                Turn.tokens,
-                Turn.interrupted,
-            )
-            .where(where)
-            .order_by(Turn.id.desc())
-            .limit(limit)
-        )
-        rows = (await self._session.execute(stmt)).all()
+            params |= {"budget": token_budget, "overhead": overhead}
+            stmt = _RECENT_WITHIN_BUDGET
+        rows = (await self._session.execute(stmt, params)).all()
         return [
             TurnRecord(
                 id=row.id,
@@ -369,12 +427,8 @@ class TurnRepository:
 
     async def has_message(self, *, chat_id: int, telegram_message_id: int) -> bool:
         """Tell whether a user turn from this Telegram message is already stored."""
-        stmt = select(
-            exists().where(
-                Turn.chat_id == chat_id, Turn.telegram_message_id == telegram_message_id
-            )
-        )
-        return bool(await self._session.scalar(stmt))
+        params = {"chat_id": chat_id, "message_id": telegram_message_id}
+        return bool(await self._session.scalar(_HAS_MESSAGE, params))
 
 
 def _check_turn(turn: NewTurn) -> None:
@@ -402,23 +456,23 @@ class UsageRepository:
         error = record.error
         if error is not None and len(error) > ERROR_MAX_LENGTH:
             error = error[: ERROR_MAX_LENGTH - 1] + "…"
-        stmt = insert(USAGE_RECORDS).values(
-            user_id=record.user_id,
-            chat_id=record.chat_id,
-            model=record.model,
-            kind=record.kind,
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            images=record.images,
-            estimated=record.estimated,
-            status=record.status,
-            finish_reason=record.finish_reason,
-            error=error,
-            latency_ms=record.latency_ms,
-            size=record.size,
-            created_at=utcnow(),
-        )
-        await self._session.execute(stmt)
+        params = {
+            "user_id": record.user_id,
+            "chat_id": record.chat_id,
+            "model": record.model,
+            "kind": record.kind,
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "images": record.images,
+            "estimated": record.estimated,
+            "status": record.status,
+            "finish_reason": record.finish_reason,
+            "error": error,
+            "latency_ms": record.latency_ms,
+            "size": record.size,
+            "created_at": utcnow(),
+        }
+        await self._session.execute(_ADD_USAGE, params)
 
     # Both image queries are range scans of the (user_id, created_at) index.
 

@@ -52,8 +52,10 @@ class BotHarness:
         self.app = await build_app(self.settings(**overrides))
         if prepare is not None:
             prepare(self.app)
+        polled = len(self.tg.calls_to("getUpdates"))
         self.task = asyncio.create_task(serve(self.app, handle_signals=False, polling_timeout=2))
-        await self.tg.wait_for(lambda t: bool(t.calls_to("getUpdates")), timeout=10)
+        # Polled by this run, not an earlier one: stopping before polling starts is refused.
+        await self.tg.wait_for(lambda t: len(t.calls_to("getUpdates")) > polled, timeout=10)
         return self.app
 
     async def stop(self) -> None:
