@@ -14,6 +14,7 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -264,7 +265,7 @@ class LLMClient:
         completion: bytes | None = None
         try:
             async with contextlib.AsyncExitStack() as stack:
-                async with _within(*budget()):
+                async with _Within(*budget()):
                     source = await stack.enter_async_context(
                         aconnect_sse(
                             self._http,
@@ -277,13 +278,13 @@ class LLMClient:
                     )
                 response = source.response
                 if not response.is_success:
-                    async with _within(deadline, "total", self._timeouts.total):
+                    async with _Within(deadline, "total", self._timeouts.total):
                         body = await _read_error_body(response)
                     raise self._status_error(response, body)
                 content_type = response.headers.get("content-type", "").lower()
                 if "json" in content_type:
                     # Some backends ignore `stream: true` and answer with one JSON document.
-                    async with _within(deadline, "total", self._timeouts.total):
+                    async with _Within(deadline, "total", self._timeouts.total):
                         completion = await _read_limited(response, _JSON_BODY_LIMIT)
                 elif "text/html" in content_type:
                     raise LLMProtocolError(
@@ -343,7 +344,7 @@ class LLMClient:
         headers = {"Accept": "application/json", **self._headers()}
         try:
             async with (
-                _within(deadline, "total", self._timeouts.total),
+                _Within(deadline, "total", self._timeouts.total),
                 self._http.stream(
                     "GET",
                     f"{self._base_url}/models",
@@ -514,18 +515,36 @@ class LLMClient:
 # -- helpers -----------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _within(when: float, phase: str, seconds: float) -> AsyncIterator[None]:
-    """Bound the awaits of the block by an absolute loop-time deadline.
+class _Within:
+    """Bound the awaits of an `async with` block by an absolute loop-time deadline.
 
     Only awaits on the backend are wrapped, never a `yield`: a timeout spanning a yield would
-    cancel the consumer's code instead of ours.
+    cancel the consumer's code instead of ours. A class rather than a generator-based context
+    manager, as it is entered for every read of a streaming answer.
     """
-    try:
-        async with asyncio.timeout_at(when):
-            yield
-    except TimeoutError as exc:
-        raise LLMTimeoutError(phase, seconds) from exc
+
+    __slots__ = ("_phase", "_seconds", "_timeout")
+
+    def __init__(self, when: float, phase: str, seconds: float) -> None:
+        self._timeout = asyncio.timeout_at(when)
+        self._phase = phase
+        self._seconds = seconds
+
+    async def __aenter__(self) -> None:
+        await self._timeout.__aenter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        try:
+            await self._timeout.__aexit__(exc_type, exc, traceback)
+        except TimeoutError as expired:
+            raise LLMTimeoutError(self._phase, self._seconds) from expired
+        if isinstance(exc, TimeoutError):
+            raise LLMTimeoutError(self._phase, self._seconds) from exc
 
 
 class _BoundedStream(httpx.AsyncByteStream):
@@ -541,7 +560,7 @@ class _BoundedStream(httpx.AsyncByteStream):
         chunks = aiter(self._inner)
         try:
             while True:
-                async with _within(*self._budget()):
+                async with _Within(*self._budget()):
                     try:
                         chunk = await anext(chunks)
                     except StopAsyncIteration:

@@ -39,7 +39,7 @@ from bot.llm.client import (
     _retry_after,
     _status_from_hints,
     _str,
-    _within,
+    _Within,
     is_wrapped_error,
 )
 from bot.llm.client import _classify as _classify_status
@@ -208,7 +208,7 @@ class ImageClient:
         url: str | None
         usage: Usage | None = None
         declared: str | None = None
-        async with _within(deadline, "total", self._timeout):
+        async with _Within(deadline, "total", self._timeout):
             if api == "chat":
                 chat = _chat_payload(model, prompt)
                 answer = await self._retrying(
