@@ -21,8 +21,11 @@ from typing import Any
 
 import aiohttp
 import httpx
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 Clock = Callable[[], float]
+_Proxy = tuple[URL | None, aiohttp.BasicAuth | None]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -105,6 +108,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive_seconds = keepalive_seconds
         self._ssl_context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[
+            tuple[str, str | None], tuple[URL | None, aiohttp.BasicAuth | None]
+        ] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -115,19 +121,35 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                trust_env=True,
                 auto_decompress=False,  # httpx decodes the body itself
             )
         return self._session
+
+    def _proxy_for(self, url: URL) -> _Proxy:
+        """The proxy HTTP_PROXY/HTTPS_PROXY/NO_PROXY give for `url`, looked up once per host.
+
+        aiohttp's own `trust_env` looks it up (and ~/.netrc) on a thread for every request.
+        """
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            try:
+                self._proxies[key] = get_env_proxy_for_url(url)
+            except LookupError:  # none set, or NO_PROXY covers the host
+                self._proxies[key] = (None, None)
+        return self._proxies[key]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send `request`; the response body is read later, through the returned stream."""
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         body = await request.aread()
+        url = URL(str(request.url), encoded=True)
+        proxy, proxy_auth = self._proxy_for(url)
         with _mapped_errors(reading=False):
             response = await self._get_session().request(
                 request.method,
-                str(request.url),
+                url,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
                 headers=request.headers.multi_items(),
                 data=body or None,
                 allow_redirects=False,

@@ -199,3 +199,29 @@ async def test_the_client_reports_a_silent_backend_as_idle(llm: FakeLLM) -> None
             ):
                 pass
     assert caught.value.phase == "idle"
+
+
+async def test_requests_take_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    proxied: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:
+        proxied.append(str(request.url))  # a proxy is sent the absolute URL
+        return web.json_response({"data": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    async for proxy_url in serve(app):
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        monkeypatch.setenv("NO_PROXY", "direct.invalid")
+        async with httpx.AsyncClient(transport=AiohttpTransport()) as client:
+            for _ in range(2):
+                answer = await client.get("http://backend.invalid/v1/models")
+                assert answer.json() == {"data": []}
+            with pytest.raises(httpx.ConnectError):  # no proxy, and the name does not resolve
+                await client.get("http://direct.invalid/v1/models")
+    assert proxied == ["http://backend.invalid/v1/models"] * 2
