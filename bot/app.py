@@ -22,6 +22,7 @@ from bot.llm.client import STREAM_READ_INTERVAL, LLMClient, LLMTimeouts, RetryPo
 from bot.llm.images import ImageClient
 from bot.llm.transport import AiohttpTransport
 from bot.services.chat import ChatConfig, ChatService
+from bot.services.directory import Directory
 from bot.services.images import ImageConfig, ImageService
 from bot.services.languages import LanguageService
 from bot.services.models import ModelService
@@ -86,8 +87,11 @@ async def build_app(settings: Settings) -> App:
         retry=RetryPolicy(max_retries=settings.llm_max_retries),
         read_interval=STREAM_READ_INTERVAL,
     )
+    # Chats and users as stored, shared by every service that stores them.
+    directory = Directory()
     model_service = ModelService(
         sessions=sessions,
+        directory=directory,
         llm=llm,
         default_model=settings.llm_model,
         allowed=settings.llm_models,
@@ -113,11 +117,14 @@ async def build_app(settings: Settings) -> App:
     settled = SettledUsage()
     usage_service = UsageService(sessions=report_sessions, policy=usage_policy, settled=settled)
     language_service = LanguageService(
-        sessions=sessions, default_language=settings.default_language or None
+        sessions=sessions,
+        directory=directory,
+        default_language=settings.default_language or None,
     )
     budgets = BudgetService(sessions=report_sessions, policy=usage_policy, settled=settled)
     chat_service = ChatService(
         sessions=sessions,
+        directory=directory,
         llm=llm,
         tokens=TokenCounter(),
         budgets=budgets,
@@ -133,6 +140,7 @@ async def build_app(settings: Settings) -> App:
     )
     image_service = ImageService(
         sessions=sessions,
+        directory=directory,
         budgets=budgets,
         images=ImageClient(
             http=http,

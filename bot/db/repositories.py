@@ -234,12 +234,9 @@ class ChatRepository:
     async def upsert(self, *, chat_id: int, type: str, title: str | None) -> ChatRecord:
         """Insert the chat or update its type and title; the chosen model is kept.
 
-        Nearly every message comes from a chat as it is already stored, so the row is read
-        first and written only when it is missing or differs.
+        One statement for a new or changed chat; an unchanged one is left as it is (no write)
+        and read. Callers that know the stored chat skip the call (see `Directory`).
         """
-        current = await self.get(chat_id=chat_id)
-        if current is not None and current.type == type and current.title == title:
-            return current
         now = utcnow()
         stmt = _chat_upsert(self._session.get_bind().dialect.name)
         params = {
@@ -293,19 +290,8 @@ class UserRepository:
     ) -> UserRecord:
         """Insert the user or update what Telegram reports; the chosen language is kept.
 
-        Read first and written only when missing or different, as chats are.
+        One statement for a new or changed user; an unchanged one is left as it is and read.
         """
-        current = await self.get(user_id=user_id)
-        if current is not None and (
-            current.username,
-            current.full_name,
-            current.language_code,
-        ) == (
-            username,
-            full_name,
-            language_code,
-        ):
-            return current
         now = utcnow()
         params = {
             "id": user_id,

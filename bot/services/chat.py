@@ -12,13 +12,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.repositories import (
-    ChatRepository,
     NewTurn,
     NewUsage,
     TurnRecord,
     TurnRepository,
     UsageRepository,
-    UserRepository,
 )
 from bot.i18n import _, format_number, ngettext
 from bot.llm.client import LLMClient
@@ -35,6 +33,7 @@ from bot.llm.errors import (
     LLMUnavailableError,
 )
 from bot.llm.types import ChatMessage, Role, StreamEnd, TextDelta, Usage
+from bot.services.directory import Directory
 from bot.services.sink import ReplySink
 from bot.services.tokens import PER_MESSAGE_OVERHEAD, REPLY_PRIMING, TokenCounter
 from bot.services.usage import BudgetService
@@ -106,9 +105,12 @@ class ChatService:
         context_window_for: Callable[[str], int | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         budgets: BudgetService | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self._sessions = sessions
         self._budgets = budgets
+        # Shared with the other services that store chats and users; without one, none is kept.
+        self._directory = directory or Directory(capacity=0)
         self._llm = llm
         self._tokens = tokens
         self._config = config
@@ -234,20 +236,23 @@ class ChatService:
     # ---- steps -------------------------------------------------------------------------------
 
     async def _load(self, request: ChatRequest) -> tuple[str, list[TurnRecord]] | None:
+        directory = self._directory
         async with self._sessions() as session, session.begin():
-            chat = await ChatRepository(session).upsert(
-                chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
+            chat = await directory.chat(
+                session, chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
             )
-            await UserRepository(session).upsert(
+            user = await directory.user(
+                session,
                 user_id=request.user_id,
                 username=request.username,
                 full_name=request.user_full_name,
                 language_code=request.language_code,
             )
             turns = TurnRepository(session)
-            if request.message_id is not None and await turns.has_message(
+            duplicate = request.message_id is not None and await turns.has_message(
                 chat_id=request.chat_id, telegram_message_id=request.message_id
-            ):
+            )
+            if duplicate:
                 return None
             model = chat.model or self._config.default_model
             # Only turns that can fit the prompt are read, so a long conversation costs no more
@@ -258,6 +263,7 @@ class ChatService:
                 token_budget=self._budget(model),
                 overhead=PER_MESSAGE_OVERHEAD,
             )
+        directory.remember(chat, user)
         return model, history
 
     def _budget(self, model: str) -> int:

@@ -24,7 +24,7 @@ from typing import Literal
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.models import utcnow
-from bot.db.repositories import ChatRepository, NewUsage, UsageRepository, UserRepository
+from bot.db.repositories import NewUsage, UsageRepository
 from bot.i18n import _, format_duration, format_number, ngettext
 from bot.llm.errors import (
     LLMAuthError,
@@ -41,6 +41,7 @@ from bot.llm.errors import (
 )
 from bot.llm.images import GeneratedImage, ImageApiSetting, ImageClient, choose_image_api
 from bot.services.chat import describe_error
+from bot.services.directory import Directory
 from bot.services.usage import BudgetService
 
 logger = logging.getLogger(__name__)
@@ -114,8 +115,10 @@ class ImageService:
         budgets: BudgetService | None = None,
         now: Callable[[], datetime] = utcnow,
         clock: Callable[[], float] = time.monotonic,
+        directory: Directory | None = None,
     ) -> None:
         self._sessions = sessions
+        self._directory = directory or Directory(capacity=0)
         self._images = images
         self._config = config
         self._budgets = budgets
@@ -271,11 +274,13 @@ class ImageService:
     ) -> None:
         """Record the request's usage (and who asked where) in one short transaction."""
         usage = image.usage if image is not None else None
+        directory = self._directory
         async with self._sessions() as session, session.begin():
-            await ChatRepository(session).upsert(
-                chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
+            chat = await directory.chat(
+                session, chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
             )
-            await UserRepository(session).upsert(
+            user = await directory.user(
+                session,
                 user_id=request.user_id,
                 username=request.username,
                 full_name=request.user_full_name,
@@ -298,6 +303,7 @@ class ImageService:
                     error=_short_error(failure),
                 )
             )
+        directory.remember(chat, user)
 
 
 def describe_image_error(failure: BaseException | None, *, model: str) -> ImageRefusal:

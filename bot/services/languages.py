@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 
@@ -9,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.repositories import UserRepository
 from bot.i18n import DEFAULT_LOCALE, normalize
+from bot.services.directory import Directory
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +32,10 @@ class LanguageService:
         sessions: async_sessionmaker[AsyncSession],
         default_language: str | None = None,
         cache_size: int = CACHE_SIZE,
+        directory: Directory | None = None,
     ) -> None:
         self._sessions = sessions
+        self._directory = directory or Directory(capacity=0)
         self._default = normalize(default_language)
         self._cache_size = cache_size
         self._chosen: OrderedDict[int, str | None] = OrderedDict()
@@ -69,15 +73,16 @@ class LanguageService:
         """Store the user's choice (None: automatic) and return the locale now in effect."""
         choice = normalize(language)
         async with self._sessions() as session, session.begin():
-            users = UserRepository(session)
             # The user may never have written before, and set_language needs their row.
-            await users.upsert(
+            user = await self._directory.user(
+                session,
                 user_id=user_id,
                 username=username,
                 full_name=full_name,
                 language_code=language_code,
             )
-            await users.set_language(user_id=user_id, language=choice)
+            await UserRepository(session).set_language(user_id=user_id, language=choice)
+        self._directory.remember(dataclasses.replace(user, language=choice))
         self._remember(user_id, choice)
         logger.info("user %s chose language %s", user_id, choice or "automatic")
         return choice or self.automatic(language_code=language_code)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import hashlib
 import logging
@@ -17,6 +18,7 @@ from bot.db.repositories import ChatRepository
 from bot.llm.client import LLMClient
 from bot.llm.errors import LLMError
 from bot.llm.types import ModelInfo
+from bot.services.directory import Directory
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +204,10 @@ class ModelService:
         allowed: Sequence[str] = (),
         cache_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        directory: Directory | None = None,
     ) -> None:
         self._sessions = sessions
+        self._directory = directory or Directory(capacity=0)
         self._llm = llm
         self._default = default_model
         self._allowed = tuple(allowed)
@@ -325,10 +329,12 @@ class ModelService:
         self, *, chat_id: int, chat_type: str, chat_title: str | None, model_id: str
     ) -> bool:
         async with self._sessions() as session, session.begin():
-            chats = ChatRepository(session)
-            chat = await chats.upsert(chat_id=chat_id, type=chat_type, title=chat_title)
+            chat = await self._directory.chat(
+                session, chat_id=chat_id, type=chat_type, title=chat_title
+            )
             if (chat.model or self._default) == model_id:
                 return False
-            await chats.set_model(chat_id=chat_id, model=model_id)
+            await ChatRepository(session).set_model(chat_id=chat_id, model=model_id)
+        self._directory.remember(dataclasses.replace(chat, model=model_id))
         logger.info("chat %s switched to model %s", chat_id, model_id)
         return True

@@ -78,6 +78,19 @@ async def test_picker_lists_chat_models_and_a_press_switches(bot: BotHarness) ->
     assert bot.tg.flood.violations == 0
 
 
+async def test_a_switch_applies_to_the_very_next_answer(bot: BotHarness) -> None:
+    assert await ask(bot, CHAT, "Hello") == "You said: Hello"
+    assert bot.llm.chat_requests[-1]["model"] == "gpt-4o-mini"
+    bot.tg.user_message(chat_id=CHAT, text="/model gpt-4o")
+    await bot.tg.wait_for(lambda t: any("gpt-4o." in m.text for m in t.messages(CHAT)))
+    assert await ask(bot, CHAT, "Again") == "You said: Again"
+    assert bot.llm.chat_requests[-1]["model"] == "gpt-4o"
+    bot.tg.user_message(chat_id=CHAT, text="/model gpt-4o-mini")
+    await bot.tg.wait_for(lambda t: any("gpt-4o-mini." in m.text for m in t.messages(CHAT)))
+    assert await ask(bot, CHAT, "Back") == "You said: Back"
+    assert bot.llm.chat_requests[-1]["model"] == "gpt-4o-mini"
+
+
 async def test_bare_list_names_and_context_size_set_the_history_budget(
     harness: BotHarness,
 ) -> None:

@@ -1,0 +1,86 @@
+"""Chats and users as the bot last stored them, so a known sender costs no database work."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.db.repositories import ChatRecord, ChatRepository, UserRecord, UserRepository
+
+# About 200 bytes a record: 100,000 chats and as many users take some 40 MB at most.
+CAPACITY = 100_000
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class Directory:
+    """Every service that stores chats or users goes through one shared Directory.
+
+    Telegram lets one process at a time poll a bot's updates, so the bot is the only writer of
+    its chats and users, and what it committed stays true until it writes again. A message from
+    a chat and a user it knows, as Telegram still reports them, then costs no statement for
+    either. Records are remembered only once their transaction has committed (`remember`):
+    a rolled-back insert must not be taken for a stored row. Beyond `capacity` the least
+    recently seen are forgotten; `capacity=0` remembers nothing.
+    """
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self._capacity = capacity
+        self._chats: OrderedDict[int, ChatRecord] = OrderedDict()
+        self._users: OrderedDict[int, UserRecord] = OrderedDict()
+
+    async def chat(
+        self, session: AsyncSession, *, chat_id: int, type: str, title: str | None
+    ) -> ChatRecord:
+        """The chat as stored, written in `session` first if it is new or has changed."""
+        known = _get(self._chats, chat_id)
+        if known is not None and (known.type, known.title) == (type, title):
+            return known
+        return await ChatRepository(session).upsert(chat_id=chat_id, type=type, title=title)
+
+    async def user(
+        self,
+        session: AsyncSession,
+        *,
+        user_id: int,
+        username: str | None,
+        full_name: str,
+        language_code: str | None,
+    ) -> UserRecord:
+        """The user as stored, written in `session` first if they are new or have changed."""
+        known = _get(self._users, user_id)
+        reported = (username, full_name, language_code)
+        if known is not None and (known.username, known.full_name, known.language_code) == (
+            reported
+        ):
+            return known
+        return await UserRepository(session).upsert(
+            user_id=user_id, username=username, full_name=full_name, language_code=language_code
+        )
+
+    def remember(self, *records: ChatRecord | UserRecord) -> None:
+        """Keep records whose transaction has committed; call it after the commit, never before."""
+        for record in records:
+            if isinstance(record, ChatRecord):
+                _put(self._chats, record.id, record, self._capacity)
+            else:
+                _put(self._users, record.id, record, self._capacity)
+
+
+def _get(records: OrderedDict[_K, _V], key: _K) -> _V | None:
+    record = records.get(key)
+    if record is not None:
+        records.move_to_end(key)
+    return record
+
+
+def _put(records: OrderedDict[_K, _V], key: _K, record: _V, capacity: int) -> None:
+    if capacity <= 0:
+        return
+    records[key] = record
+    records.move_to_end(key)
+    while len(records) > capacity:
+        records.popitem(last=False)
