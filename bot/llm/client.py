@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+import orjson
 from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 
 from bot.llm.errors import (
@@ -146,6 +147,8 @@ class _StreamState:
     skipped: int = 0
     finish_reason: str | None = None
     usage: Usage | None = None
+    # The first half of a character split across chunks, held until its second half arrives.
+    carry: str = ""
 
 
 class _AnyTypeEventSource(EventSource):
@@ -328,6 +331,9 @@ class LLMClient:
                     state.text_sent = True
                 yield event
             return
+        if state.carry:
+            state.text_sent = True
+            yield TextDelta(_REPLACEMENT)  # the second half never came
         if state.chunks == 0:
             detail = f" ({state.skipped} events were not valid JSON)" if state.skipped else ""
             raise LLMProtocolError(f"backend sent no completion chunk{detail}")
@@ -359,7 +365,7 @@ class LLMClient:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._transport_error(exc, mid_answer=False) from exc
         try:
-            payload = json.loads(body)
+            payload = _loads(body)
         except ValueError as exc:
             raise LLMProtocolError("backend's model list is not JSON") from exc
         models = _parse_models(payload)
@@ -378,7 +384,7 @@ class LLMClient:
             state.done = True
             return []
         try:
-            chunk = json.loads(data)
+            chunk = _loads(data)
         except ValueError:
             state.skipped += 1
             logger.warning("skipping a stream event that is not valid JSON (%d bytes)", len(data))
@@ -407,8 +413,10 @@ class LLMClient:
             if isinstance(delta, dict):
                 text = _text_of(delta.get("content"))
                 if text:
-                    texts.append(text)
                     state.started = True
+                    text = _whole_characters(text, state)
+                    if text:
+                        texts.append(text)
                 # Reasoning is not part of the answer, but it shows the model is working.
                 if delta.get("reasoning_content") or delta.get("reasoning"):
                     state.started = True
@@ -419,7 +427,7 @@ class LLMClient:
 
     def _completion_events(self, body: bytes) -> list[ChatEvent]:
         try:
-            document = json.loads(body)
+            document = _loads(body)
         except ValueError as exc:
             raise LLMProtocolError("backend answered with invalid JSON") from exc
         if not isinstance(document, dict):
@@ -513,6 +521,19 @@ class LLMClient:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+
+
+def _loads(data: str | bytes) -> Any:
+    """Parse a backend's JSON.
+
+    orjson parses a stream chunk about four times faster than the standard library, which
+    matters at a hundred chunks an answer. What it refuses but json accepts (NaN, a lone
+    surrogate escape from a model that split an emoji) is still parsed, by json.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 class _Within:
@@ -670,7 +691,7 @@ def _error_info_from_body(body: bytes) -> _ErrorInfo:
     if not text:
         return _ErrorInfo()
     try:
-        payload = json.loads(text)
+        payload = _loads(text)
     except ValueError:
         if title := _HTML_TITLE_RE.search(text):
             return _ErrorInfo(message=html.unescape(title.group(1)))
@@ -738,7 +759,7 @@ def _detail_text(detail: Any) -> str:
 
 def _loads_or_text(data: str) -> Any:
     try:
-        return json.loads(data)
+        return _loads(data)
     except ValueError:
         return data
 
@@ -764,6 +785,29 @@ def _code(value: Any) -> str | None:
     if isinstance(value, int | str):
         return str(value) or None
     return None
+
+
+_REPLACEMENT = "\ufffd"
+
+
+def _whole_characters(text: str, state: _StreamState) -> str:
+    """`text` with UTF-16 surrogate halves paired into characters, ready to be sent on.
+
+    Some backends escape a character outside the BMP (most emoji) as two halves, "\\ud83e" and
+    "\\udda6", and may split the pair across chunks. A first half at the end waits in `state`
+    for the next text; a half without its partner becomes U+FFFD, since it cannot be encoded.
+    """
+    text = state.carry + text
+    state.carry = ""
+    if text.isascii():
+        return text
+    if "\ud800" <= text[-1] <= "\udbff":
+        state.carry, text = text[-1], text[:-1]
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _text_of(content: Any) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import re
 import struct
@@ -34,6 +33,7 @@ from bot.llm.client import (
     _error_info,
     _error_info_from_body,
     _ErrorInfo,
+    _loads,
     _parse_usage,
     _read_error_body,
     _retry_after,
@@ -248,7 +248,7 @@ class ImageClient:
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._transport_error(exc) from exc
         try:
-            document = json.loads(body)
+            document = _loads(body)
         except ValueError as exc:
             raise LLMProtocolError("backend's image answer is not JSON") from exc
         if not isinstance(document, dict):

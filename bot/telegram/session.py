@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.methods.base import Response, TelegramMethod, TelegramType
 
@@ -23,7 +24,9 @@ class BotSession(AiohttpSession):
     """
 
     def __init__(self, **kwargs: Any) -> None:
-        """Take AiohttpSession's arguments."""
+        """Take AiohttpSession's arguments; answers are parsed with orjson by default."""
+        # Several times faster than the standard library on every answer Telegram sends back.
+        kwargs.setdefault("json_loads", orjson.loads)
         super().__init__(**kwargs)
         self._response_models: dict[Any, type[Any]] = {}
 

@@ -480,6 +480,29 @@ async def test_stream_of_only_invalid_json_is_a_protocol_error(make: HarnessFact
     assert "2 events were not valid JSON" in str(error)
 
 
+async def test_chunks_that_json_allows_but_strict_parsers_refuse_are_read(
+    make: HarnessFactory,
+) -> None:
+    # NaN in a field the bot does not use, and an emoji split into two escaped halves.
+    nan = '{"choices":[{"index":0,"delta":{"content":"Otters "}}],"x_cost":NaN}'
+    halves = '{"choices":[{"index":0,"delta":{"content":"swim \\ud83e"}}]}'
+    h = make(reply(sse(nan, halves, chunk("\udda6", finish="stop"))))
+
+    pieces, end = await answer(h.client)
+
+    assert "".join(pieces) == "Otters swim 🦦"
+    assert end.finish_reason == "stop"
+
+
+async def test_half_a_character_without_its_partner_is_replaced(make: HarnessFactory) -> None:
+    h = make(reply(sse(chunk("a\udda6b"), chunk("c\ud83e", finish="stop"))))
+
+    pieces, _ = await answer(h.client)
+
+    assert "".join(pieces) == "a\ufffdbc\ufffd"
+    "".join(pieces).encode("utf-8")  # Telegram is sent UTF-8
+
+
 async def test_empty_stream_is_a_protocol_error(make: HarnessFactory) -> None:
     h = make(reply(""))
 
