@@ -59,10 +59,10 @@ class PacedStream(httpx.AsyncByteStream):
         """Yield the body as it arrives, paced while `pace` is set."""
         content = self._response.content
         while True:
-            if self.pace > 0:
+            if self.pace > 0 and not content.is_eof():  # nothing more can come: no wait
                 wait = self._last_read + self.pace - self._now()
                 if wait > 0:
-                    await self._sleep(wait)
+                    await self._unread_for(wait)
             self.reads += 1
             try:
                 with _mapped_errors(reading=True):
@@ -83,6 +83,31 @@ class PacedStream(httpx.AsyncByteStream):
             if not data:
                 return
             yield data
+
+    @property
+    def reading(self) -> bool:
+        """False while a paced wait leaves the connection unread."""
+        connection = self._response.connection
+        transport = connection.transport if connection is not None else None
+        return transport is not None and transport.is_reading()
+
+    async def _unread_for(self, seconds: float) -> None:
+        """Wait with the socket unread, so what arrives meanwhile comes in with one read.
+
+        Left alone, the event loop would take each event from the socket as it arrives, a
+        wake-up and a parse per token, only for the text to wait in aiohttp's buffer.
+        """
+        connection = self._response.connection
+        transport = connection.transport if connection is not None else None
+        if transport is None or not transport.is_reading():
+            await self._sleep(seconds)
+            return
+        transport.pause_reading()
+        try:
+            await self._sleep(seconds)
+        finally:
+            if not transport.is_closing():
+                transport.resume_reading()
 
     async def aclose(self) -> None:
         """Give the connection back: kept alive if the body was read to the end, else closed."""

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from bot.llm.client import LLMClient, LLMTimeouts
 from bot.llm.errors import LLMTimeoutError, LLMUnavailableError
-from bot.llm.transport import AiohttpTransport, paced_stream
+from bot.llm.transport import AiohttpTransport, PacedStream, paced_stream
 from bot.llm.types import ChatMessage, TextDelta
 from tests.fakes.openai import Disconnect, FakeLLM, Hang, Stream
 
@@ -49,18 +49,29 @@ async def test_paced_stream_reads_many_events_at_once(
         json=body(stream=True),
         headers=AUTH,
     )
+    reading: list[bool] = []
+
+    async def watch(stream: PacedStream) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            reading.append(stream.reading)
+
     async with request as response:
         stream = paced_stream(response)
         assert stream is not None
         stream.pace = 0.1
+        watcher = asyncio.create_task(watch(stream))
         text = ""
         async for line in response.aiter_lines():
             if line.startswith("data: {"):
                 delta = json.loads(line[6:])["choices"]
                 text += "".join(c["delta"].get("content") or "" for c in delta)
+        watcher.cancel()
     assert text == "".join(chunks)
     # 40 events 10 ms apart, read at most every 100 ms: a handful of reads, not one per event.
     assert stream.reads < 15
+    # Between reads the socket is left alone, so the events waiting in it come in one go.
+    assert reading.count(False) >= 0.8 * len(reading)
 
 
 async def test_unpaced_stream_yields_each_event_as_it_arrives(
