@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot import i18n
 from bot.config import Settings
 from bot.db.engine import create_engine, create_report_engine, create_sessionmaker, migrate
-from bot.llm.client import STREAM_READ_INTERVAL, LLMClient, LLMTimeouts, RetryPolicy
+from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
 from bot.llm.images import ImageClient
 from bot.llm.transport import AiohttpTransport
 from bot.services.chat import ChatConfig, ChatService
@@ -85,7 +85,9 @@ async def build_app(settings: Settings) -> App:
             total=settings.llm_total_timeout,
         ),
         retry=RetryPolicy(max_retries=settings.llm_max_retries),
-        read_interval=STREAM_READ_INTERVAL,
+        # A streaming answer is read no more often than a private chat can show it: the events
+        # in between come together with the next read (see bot.llm.transport).
+        read_interval=settings.edit_interval_private,
     )
     # Chats and users as stored, shared by every service that stores them.
     directory = Directory()

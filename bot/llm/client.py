@@ -42,10 +42,6 @@ logger = logging.getLogger(__name__)
 # A backend asking us to wait longer than this gets its error raised instead of a silent wait.
 RETRY_AFTER_CAP = 60.0
 
-# How often the bot reads a streaming answer once it has started (see bot.llm.transport): four
-# times a second is more often than Telegram shows it.
-STREAM_READ_INTERVAL = 0.5
-
 _MESSAGE_LIMIT = 300
 _ERROR_BODY_LIMIT = 64 * 1024
 _JSON_BODY_LIMIT = 16 * 1024 * 1024
