@@ -121,11 +121,11 @@ def _sqlite_file_engine(url: URL, *, threaded: bool) -> AsyncEngine:
         args, kwargs = engine.sync_engine.dialect.create_connect_args(url)
         return await _SQLiteConnection.open(*args, threaded=threaded, **kwargs)
 
-    # One connection per engine. SQLite lets one writer in at a time, and every write
-    # transaction starts with BEGIN IMMEDIATE, so more connections do not add throughput: they
-    # queue inside SQLite's busy handler, which polls with sleeps and leaves the database idle
-    # between holders. Waiting in the pool's queue instead is first-come first-served and hands
-    # the connection over at once.
+    # One connection per engine. SQLite lets one writer in at a time, and every transaction of
+    # the main engine starts with BEGIN IMMEDIATE, so more connections would not add throughput:
+    # they would queue inside SQLite's busy handler, which polls with sleeps and leaves the
+    # database idle between holders. Waiting in the pool's queue instead is first-come
+    # first-served and hands the connection over at once.
     engine = create_async_engine(
         url,
         async_creator=connect,
