@@ -21,8 +21,10 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # aiogram logs every handled update at INFO; keep our one line per answer readable.
+    # aiogram logs every handled update and httpx every request at INFO; keep our one line per
+    # answer readable.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     from aiogram.exceptions import TelegramUnauthorizedError
     from sqlalchemy.exc import SQLAlchemyError
 

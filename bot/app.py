@@ -173,6 +173,7 @@ async def build_app(settings: Settings) -> App:
     )
     tracker = InflightTracker()
     dispatcher = Dispatcher(
+        disable_fsm=True,  # no conversation states: skip the FSM lookups on every update
         chat_service=chat_service,
         image_service=image_service,
         usage_service=usage_service,
@@ -305,7 +306,7 @@ async def serve(app: App, *, handle_signals: bool = True, polling_timeout: int =
     )
 
 
-GC_THRESHOLDS = (10_000, 20, 20)
+GC_THRESHOLDS = (50_000, 20, 20)
 
 
 async def run(settings: Settings) -> None:
