@@ -23,6 +23,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -183,45 +184,26 @@ def _upsert_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Ins
 
 
 @functools.cache
-def _chat_upsert(dialect: str) -> ReturningInsert[Any]:
-    """Insert a chat, or update its type and title when they changed; returns the row if written.
+def _reported_upsert(
+    dialect: str, table: Table, reported: tuple[str, ...], returning: tuple[str, ...]
+) -> ReturningInsert[Any]:
+    """Insert a row, or update the columns Telegram reports when any of them changed.
 
-    Executed with the column values as parameters; unchanged rows are not rewritten.
+    Executed with the column values as parameters. Returns the row when it was written; an
+    unchanged row is not rewritten, and nothing is returned for it.
     """
-    new = _upsert_insert(dialect, CHATS)
+    new = _upsert_insert(dialect, table)
     return new.on_conflict_do_update(
-        index_elements=[CHATS.c.id],
-        set_={
-            "type": new.excluded.type,
-            "title": new.excluded.title,
-            "updated_at": new.excluded.updated_at,
-        },
-        where=(CHATS.c.type != new.excluded.type)
-        | CHATS.c.title.is_distinct_from(new.excluded.title),
-    ).returning(CHATS.c.id, CHATS.c.type, CHATS.c.title, CHATS.c.model)
+        index_elements=[table.c.id],
+        set_={name: new.excluded[name] for name in (*reported, "updated_at")},
+        where=or_(*(table.c[name].is_distinct_from(new.excluded[name]) for name in reported)),
+    ).returning(*(table.c[name] for name in returning))
 
 
-@functools.cache
-def _user_upsert(dialect: str) -> ReturningInsert[Any]:
-    """Insert a user, or update what Telegram reports when it changed; returns the row if written.
-
-    Executed with the column values as parameters; unchanged rows are not rewritten.
-    """
-    new = _upsert_insert(dialect, USERS)
-    return new.on_conflict_do_update(
-        index_elements=[USERS.c.id],
-        set_={
-            "username": new.excluded.username,
-            "full_name": new.excluded.full_name,
-            "language_code": new.excluded.language_code,
-            "updated_at": new.excluded.updated_at,
-        },
-        where=USERS.c.username.is_distinct_from(new.excluded.username)
-        | (USERS.c.full_name != new.excluded.full_name)
-        | USERS.c.language_code.is_distinct_from(new.excluded.language_code),
-    ).returning(
-        USERS.c.id, USERS.c.username, USERS.c.full_name, USERS.c.language_code, USERS.c.language
-    )
+_CHAT_REPORTED = ("type", "title")
+_CHAT_FIELDS = ("id", "type", "title", "model")
+_USER_REPORTED = ("username", "full_name", "language_code")
+_USER_FIELDS = ("id", "username", "full_name", "language_code", "language")
 
 
 class ChatRepository:
@@ -238,7 +220,8 @@ class ChatRepository:
         and read. Callers that know the stored chat skip the call (see `Directory`).
         """
         now = utcnow()
-        stmt = _chat_upsert(self._session.get_bind().dialect.name)
+        dialect = self._session.get_bind().dialect.name
+        stmt = _reported_upsert(dialect, CHATS, _CHAT_REPORTED, _CHAT_FIELDS)
         params = {
             "id": chat_id,
             "type": type,
@@ -301,7 +284,8 @@ class UserRepository:
             "created_at": now,
             "updated_at": now,
         }
-        stmt = _user_upsert(self._session.get_bind().dialect.name)
+        dialect = self._session.get_bind().dialect.name
+        stmt = _reported_upsert(dialect, USERS, _USER_REPORTED, _USER_FIELDS)
         row = (await self._session.execute(stmt, params)).one_or_none()
         if row is None:
             # Nothing changed: the conflicting row was left as it is, so read it.
