@@ -87,9 +87,12 @@ class PacedStream(httpx.AsyncByteStream):
     @property
     def reading(self) -> bool:
         """False while a paced wait leaves the connection unread."""
-        connection = self._response.connection
-        transport = connection.transport if connection is not None else None
+        transport = self._transport()
         return transport is not None and transport.is_reading()
+
+    def _transport(self) -> asyncio.Transport | None:
+        connection = self._response.connection  # None once the body is read and released
+        return connection.transport if connection is not None else None
 
     async def _unread_for(self, seconds: float) -> None:
         """Wait with the socket unread, so what arrives meanwhile comes in with one read.
@@ -97,8 +100,7 @@ class PacedStream(httpx.AsyncByteStream):
         Left alone, the event loop would take each event from the socket as it arrives, a
         wake-up and a parse per token, only for the text to wait in aiohttp's buffer.
         """
-        connection = self._response.connection
-        transport = connection.transport if connection is not None else None
+        transport = self._transport()
         if transport is None or not transport.is_reading():
             await self._sleep(seconds)
             return
