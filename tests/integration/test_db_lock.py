@@ -44,11 +44,13 @@ class TimedSink(RecordingSink):
     """A recording sink that also notes when each piece of the answer arrived."""
 
     times: list[float] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def push(self, text: str) -> None:
         """Record the piece and its arrival time."""
         super().push(text)
         self.times.append(time.monotonic())
+        self.started.set()
 
 
 @pytest.fixture
@@ -142,8 +144,7 @@ async def test_a_write_lock_held_elsewhere_stalls_no_chat_and_loses_nothing(
         answer = asyncio.create_task(
             service.reply(request=request("long", chat_id=1, message_id=2), sink=streaming)
         )
-        while not streaming.pushed:
-            await asyncio.sleep(0.01)
+        await streaming.started.wait()
         holder = await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -173,9 +174,7 @@ async def test_a_write_lock_held_elsewhere_stalls_no_chat_and_loses_nothing(
     # Nothing lost: both turns and both usage records were stored once the lock was gone.
     async with sessions() as session:
         turns = (
-            await session.execute(
-                text("SELECT chat_id, role, content FROM turns ORDER BY id")
-            )
+            await session.execute(text("SELECT chat_id, role, content FROM turns ORDER BY id"))
         ).all()
         calls = (await session.execute(text("SELECT count(*) FROM usage_records"))).scalar()
     stored = sorted((chat, role, content) for chat, role, content in turns[-4:])
