@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -92,6 +92,18 @@ class ReplyOutcome:
     latency_ms: int = 0
 
 
+@dataclass(slots=True)
+class _Streamed:
+    """What one backend call produced, and when."""
+
+    started: float
+    ended: float = 0.0
+    first_token_at: float | None = None
+    parts: list[str] = field(default_factory=list)
+    end: StreamEnd | None = None
+    failure: BaseException | None = None
+
+
 class ChatService:
     """Answers chat messages: reads history, streams the backend's answer, records the turn."""
 
@@ -131,26 +143,45 @@ class ChatService:
             )
             return ReplyOutcome(status="duplicate", model=self._config.default_model)
         model, history = loaded
+        prompt = await self._prompt_or_refuse(request, model, history, sink)
+        if prompt is None:
+            return ReplyOutcome(status="rejected", model=model)
+        streamed = await self._stream(model, prompt, sink)
+        outcome = self._outcome(model, prompt, streamed)
+        saved = await self._save(request, outcome, streamed.failure)
+        self._log(request, outcome, streamed)
+        await self._show_end(sink, outcome, streamed.failure, saved=saved)
+        if isinstance(streamed.failure, asyncio.CancelledError):
+            raise streamed.failure
+        return outcome
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    async def _prompt_or_refuse(
+        self, request: ChatRequest, model: str, history: Sequence[TurnRecord], sink: ReplySink
+    ) -> list[ChatMessage] | None:
+        """The prompt to send, or None once the user was told why nothing is sent."""
         if self._budgets is not None:
             block = await self._budgets.check(user_id=request.user_id)
             if block is not None:
                 # A spent budget costs nothing: the backend is never called.
                 await sink.fail(block.message)
-                return ReplyOutcome(status="rejected", model=model)
-        user_content = self._user_content(request)
+                return None
         prompt = self._build_prompt(
-            model=model, history=history, user_content=user_content, is_group=request.is_group
+            model=model,
+            history=history,
+            user_content=self._user_content(request),
+            is_group=request.is_group,
         )
         if isinstance(prompt, int):
             await sink.fail(_too_long(tokens=prompt, limit=self._budget(model)))
-            return ReplyOutcome(status="rejected", model=model)
+            return None
+        return prompt
 
-        started = self._clock()
+    async def _stream(self, model: str, prompt: list[ChatMessage], sink: ReplySink) -> _Streamed:
+        """Stream the backend's answer into `sink`; failures are kept, not raised."""
+        streamed = _Streamed(started=self._clock())
         await sink.start()
-        parts: list[str] = []
-        end: StreamEnd | None = None
-        failure: BaseException | None = None
-        first_token_at: float | None = None
         try:
             async for event in self._llm.stream_chat(
                 model=model,
@@ -159,81 +190,108 @@ class ChatService:
                 temperature=self._config.temperature,
             ):
                 if isinstance(event, TextDelta):
-                    if first_token_at is None:
-                        first_token_at = self._clock()
-                    parts.append(event.text)
+                    if streamed.first_token_at is None:
+                        streamed.first_token_at = self._clock()
+                    streamed.parts.append(event.text)
                     sink.push(event.text)
                 else:
-                    end = event
+                    streamed.end = event
         except LLMError as exc:
-            failure = exc
+            streamed.failure = exc
         except asyncio.CancelledError as exc:
             # Shutdown: keep what was shown, tell the user, record it, then stop.
-            failure = exc
-        latency_ms = int((self._clock() - started) * 1000)
-        answer = "".join(parts)
-        has_text = bool(answer.strip())
+            streamed.failure = exc
+        streamed.ended = self._clock()
+        return streamed
 
-        if failure is None:
+    def _outcome(
+        self, model: str, prompt: Sequence[ChatMessage], streamed: _Streamed
+    ) -> ReplyOutcome:
+        answer = "".join(streamed.parts)
+        if streamed.failure is None:
             status = "ok"
-        elif has_text:
+        elif answer.strip():
             status = "interrupted"
         else:
             status = "error"
-        usage = self._usage(end.usage if end else None, prompt, answer, status)
-        finish_reason = end.finish_reason if end else None
-        try:
-            await self._store(
-                request=request,
-                model=model,
-                user_content=request.text,
-                answer=answer if has_text else "",
-                usage=usage,
-                status=status,
-                finish_reason=finish_reason,
-                latency_ms=latency_ms,
-                error=_short_error(failure),
-            )
-        except SQLAlchemyError:
-            # The user still gets the answer; the operator sees why history/usage is missing.
-            logger.exception("chat %s: could not store the turn and its usage", request.chat_id)
-        logger.info(
-            "answer chat=%s model=%s prompt_tokens=%s completion_tokens=%s estimated=%s "
-            "latency_ms=%s first_token_ms=%s finish=%s status=%s",
-            request.chat_id,
-            model,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            usage.estimated,
-            latency_ms,
-            int((first_token_at - started) * 1000) if first_token_at is not None else None,
-            finish_reason,
-            status if failure is None else f"{status}:{type(failure).__name__}",
-        )
-
-        if status == "ok" and not has_text:
-            await sink.fail(
-                _("The model returned an empty answer. Please try rephrasing your message.")
-            )
-        elif status == "ok":
-            note = _truncated() if finish_reason == "length" else None
-            await sink.finish(note=note)
-        elif status == "interrupted":
-            await sink.finish(note=_interrupted(_interruption_reason(failure)))
-        else:
-            await sink.fail(describe_error(failure, model=model))
-        if isinstance(failure, asyncio.CancelledError):
-            raise failure
+        end = streamed.end
         return ReplyOutcome(
             status=status,
             model=model,
             answer=answer,
-            usage=usage,
-            finish_reason=finish_reason,
-            latency_ms=latency_ms,
+            usage=self._usage(end.usage if end else None, prompt, answer, status),
+            finish_reason=end.finish_reason if end else None,
+            latency_ms=int((streamed.ended - streamed.started) * 1000),
         )
 
-    # ---- steps -------------------------------------------------------------------------------
+    async def _save(
+        self, request: ChatRequest, outcome: ReplyOutcome, failure: BaseException | None
+    ) -> bool:
+        """Store the turn and its usage; False (logged) if the database refused."""
+        assert outcome.usage is not None
+        try:
+            await self._store(
+                request=request,
+                model=outcome.model,
+                user_content=request.text,
+                answer=outcome.answer if outcome.answer.strip() else "",
+                usage=outcome.usage,
+                status=outcome.status,
+                finish_reason=outcome.finish_reason,
+                latency_ms=outcome.latency_ms,
+                error=_short_error(failure),
+            )
+        except SQLAlchemyError:
+            # The user still gets the answer, and is told it was not kept.
+            logger.exception("chat %s: could not store the turn and its usage", request.chat_id)
+            return False
+        return True
+
+    def _log(self, request: ChatRequest, outcome: ReplyOutcome, streamed: _Streamed) -> None:
+        usage = outcome.usage
+        assert usage is not None
+        first_token = streamed.first_token_at
+        failure = streamed.failure
+        logger.info(
+            "answer chat=%s model=%s prompt_tokens=%s completion_tokens=%s estimated=%s "
+            "latency_ms=%s first_token_ms=%s finish=%s status=%s",
+            request.chat_id,
+            outcome.model,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.estimated,
+            outcome.latency_ms,
+            int((first_token - streamed.started) * 1000) if first_token is not None else None,
+            outcome.finish_reason,
+            outcome.status if failure is None else f"{outcome.status}:{type(failure).__name__}",
+        )
+
+    async def _show_end(
+        self,
+        sink: ReplySink,
+        outcome: ReplyOutcome,
+        failure: BaseException | None,
+        *,
+        saved: bool,
+    ) -> None:
+        """Deliver the final text, with a note when it was cut, interrupted or not kept."""
+        if outcome.status == "error" or not outcome.answer.strip():
+            if outcome.status == "ok":
+                message = _(
+                    "The model returned an empty answer. Please try rephrasing your message."
+                )
+            else:
+                message = describe_error(failure, model=outcome.model)
+            await sink.fail(message)
+            return
+        notes: list[str] = []
+        if outcome.status == "interrupted":
+            notes.append(_interrupted(_interruption_reason(failure)))
+        elif outcome.finish_reason == "length":
+            notes.append(_truncated())
+        if not saved:
+            notes.append(_not_saved())
+        await sink.finish(note="\n".join(notes) or None)
 
     async def _load(self, request: ChatRequest) -> tuple[str, list[TurnRecord]] | None:
         directory = self._directory
@@ -407,6 +465,13 @@ def _too_long(*, tokens: int, limit: int) -> str:
 
 def _truncated() -> str:
     return _("⚠️ The answer was cut off: it reached the maximum answer length (MAX_TOKENS).")
+
+
+def _not_saved() -> str:
+    return _(
+        "⚠️ This answer could not be saved to the conversation, so the bot will not remember "
+        "it. Please try again later if you need to continue from it."
+    )
 
 
 def _interrupted(reason: str) -> str:

@@ -184,3 +184,24 @@ async def test_length_finish_reason_is_flagged(
     assert sink.finished and sink.note == (
         "⚠️ The answer was cut off: it reached the maximum answer length (MAX_TOKENS)."
     )
+
+
+async def test_an_answer_the_database_refuses_to_store_is_delivered_with_a_warning(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http)
+    # The file refuses every new turn, as a full disk or a broken file would.
+    async with sessions() as s, s.begin():
+        await s.execute(
+            text(
+                "create trigger refuse before insert on turns "
+                "begin select raise(abort, 'database or disk is full'); end"
+            )
+        )
+    llm.enqueue(Stream(["The ", "answer"]))
+    sink = RecordingSink()
+    outcome = await service.reply(request=request("hi"), sink=sink)
+    assert outcome.status == "ok"
+    assert sink.finished and "".join(sink.pushed) == "The answer"
+    assert sink.note is not None and "could not be saved" in sink.note
+    assert await usage_rows(sessions) == []  # the transaction was rolled back as a whole
