@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, tzinfo
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.i18n import LOCALES
@@ -23,80 +23,17 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 
-class Settings(BaseSettings):
-    """Every setting the bot reads; names are the environment variables' names."""
-
-    model_config = SettingsConfigDict(
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        case_sensitive=False,
-        env_ignore_empty=True,  # `TEMPERATURE=` in .env means "use the default"
-    )
+class TelegramSettings(BaseModel):
+    """Telegram: the bot's token and server, who may use it, and how fast it may write."""
 
     bot_token: SecretStr
     telegram_api_url: str = "https://api.telegram.org"
-
-    llm_base_url: str = "https://proxy.gonka.gg/v1"
-    llm_api_key: SecretStr | None = None
-    llm_model: str = "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"
-    system_prompt: str = DEFAULT_SYSTEM_PROMPT
-    max_tokens: int | None = Field(default=2048, ge=0)  # 0: let the backend decide
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    # Models chats may choose with /model (empty: every chat model the backend lists), and how
-    # long the backend's model list is cached, in seconds.
-    llm_models: StrList = []
-    models_cache_seconds: float = Field(default=300.0, ge=0)
-
-    llm_connect_timeout: float = Field(default=10.0, gt=0)
-    llm_first_token_timeout: float = Field(default=60.0, gt=0)
-    llm_idle_timeout: float = Field(default=60.0, gt=0)
-    llm_total_timeout: float = Field(default=600.0, gt=0)
-    llm_max_retries: int = Field(default=3, ge=0, le=10)
-
-    # Tokens of history (system prompt included) sent with each request, and the context window
-    # assumed for models whose backend does not say.
-    history_token_budget: int = Field(default=12000, gt=0)
-    context_window: int = Field(default=32768, gt=0)
-
-    # /image: the model that draws (empty: /image is off), how to ask it (auto: chat
-    # completions for akashchat's AkashGen, else the images API), the size asked for, seconds
-    # one image may take, and the per-user pace (0 turns a limit off; owners are exempt).
-    image_model: str = ""
-    image_api: Literal["auto", "images", "chat"] = "auto"
-    image_size: str = "1024x1024"
-    image_timeout: float = Field(default=180.0, gt=0)
-    image_cooldown_seconds: int = Field(default=30, ge=0)
-    image_daily_limit: int = Field(default=10, ge=0)
-
-    database_url: str = "sqlite+aiosqlite:///data/bot.db"
-
     owner_ids: IdList = []
     allowed_user_ids: IdList = []
     allowed_chat_ids: IdList = []
-
-    # Prices (shown as US dollars) per million prompt and completion tokens and per image, and
-    # models priced differently, as JSON; fields a model leaves out take the defaults.
-    price_prompt_per_million: float = Field(default=0.0, ge=0)
-    price_completion_per_million: float = Field(default=0.0, ge=0)
-    price_per_image: float = Field(default=0.0, ge=0)
-    model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = {}
-    # Budgets for each user and for the whole bot; empty or 0 means unlimited. Owners are never
-    # stopped. Days and months begin at midnight in USAGE_TIMEZONE (an IANA name).
-    user_daily_tokens: int | None = Field(default=None, ge=0)
-    user_monthly_tokens: int | None = Field(default=None, ge=0)
-    user_daily_cost: float | None = Field(default=None, ge=0)
-    user_monthly_cost: float | None = Field(default=None, ge=0)
-    bot_daily_tokens: int | None = Field(default=None, ge=0)
-    bot_monthly_tokens: int | None = Field(default=None, ge=0)
-    bot_daily_cost: float | None = Field(default=None, ge=0)
-    bot_monthly_cost: float | None = Field(default=None, ge=0)
-    usage_timezone: str = "UTC"
-
     # The language of everyone who has not chosen one with /language (en, ru or zh); empty
     # follows each user's Telegram app.
     default_language: str = ""
-
     edit_interval_private: float = Field(default=1.0, gt=0)
     edit_interval_group: float = Field(default=3.0, gt=0)
     telegram_rate_limit: float = Field(default=30.0, gt=0)
@@ -115,6 +52,69 @@ class Settings(BaseSettings):
         if isinstance(value, int):
             return [value]
         return value
+
+    @field_validator("telegram_api_url")
+    @classmethod
+    def _check_telegram_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("bot_token")
+    @classmethod
+    def _check_token(cls, value: SecretStr) -> SecretStr:
+        token = value.get_secret_value().strip()
+        head, _, tail = token.partition(":")
+        if not head.isdigit() or not tail:
+            raise ValueError("does not look like a bot token from @BotFather (123456:ABC...)")
+        return SecretStr(token)
+
+    @field_validator("default_language", mode="before")
+    @classmethod
+    def _check_language(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        value = value.strip().lower()
+        if value and value not in LOCALES:
+            raise ValueError(f"must be empty or one of {', '.join(LOCALES)}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value
+
+    def is_owner(self, user_id: int | None) -> bool:
+        """True for the users listed in OWNER_IDS."""
+        return user_id is not None and user_id in self.owner_ids
+
+
+class LLMSettings(BaseModel):
+    """The backend: where it is, which model, what is sent, and how long it may take."""
+
+    llm_base_url: str = "https://proxy.gonka.gg/v1"
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_tokens: int | None = Field(default=2048, ge=0)  # 0: let the backend decide
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    # Models chats may choose with /model (empty: every chat model the backend lists), and how
+    # long the backend's model list is cached, in seconds.
+    llm_models: StrList = []
+    models_cache_seconds: float = Field(default=300.0, ge=0)
+    llm_connect_timeout: float = Field(default=10.0, gt=0)
+    llm_first_token_timeout: float = Field(default=60.0, gt=0)
+    llm_idle_timeout: float = Field(default=60.0, gt=0)
+    llm_total_timeout: float = Field(default=600.0, gt=0)
+    llm_max_retries: int = Field(default=3, ge=0, le=10)
+    # /image: the model that draws (empty: /image is off), how to ask it (auto: chat
+    # completions for akashchat's AkashGen, else the images API), the size asked for, and
+    # seconds one image may take.
+    image_model: str = ""
+    image_api: Literal["auto", "images", "chat"] = "auto"
+    image_size: str = "1024x1024"
+    image_timeout: float = Field(default=180.0, gt=0)
 
     @field_validator("llm_models", mode="before")
     @classmethod
@@ -145,22 +145,10 @@ class Settings(BaseSettings):
     def _zero_is_none(cls, value: int | None) -> int | None:
         return value or None
 
-    @field_validator("telegram_api_url", "llm_base_url")
+    @field_validator("llm_base_url")
     @classmethod
-    def _check_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
-
-    @field_validator("bot_token")
-    @classmethod
-    def _check_token(cls, value: SecretStr) -> SecretStr:
-        token = value.get_secret_value().strip()
-        head, _, tail = token.partition(":")
-        if not head.isdigit() or not tail:
-            raise ValueError("does not look like a bot token from @BotFather (123456:ABC...)")
-        return SecretStr(token)
+    def _check_llm_url(cls, value: str) -> str:
+        return _http_url(value)
 
     @field_validator("llm_api_key")
     @classmethod
@@ -169,38 +157,38 @@ class Settings(BaseSettings):
             return None
         return SecretStr(value.get_secret_value().strip())
 
-    @field_validator("database_url")
-    @classmethod
-    def _async_driver(cls, value: str) -> str:
-        value = value.strip()
-        for plain, driver in (
-            ("sqlite://", "sqlite+aiosqlite://"),
-            ("postgres://", "postgresql+asyncpg://"),
-            ("postgresql://", "postgresql+asyncpg://"),
-        ):
-            if value.startswith(plain):
-                return driver + value[len(plain) :]
-        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-            raise ValueError("use sqlite:///path/to/file.db or postgresql://user@host/db")
-        return value
+    @model_validator(mode="after")
+    def _timeouts_consistent(self) -> Self:
+        if self.llm_total_timeout < self.llm_first_token_timeout:
+            raise ValueError("LLM_TOTAL_TIMEOUT must not be shorter than LLM_FIRST_TOKEN_TIMEOUT")
+        return self
 
-    @field_validator("default_language", mode="before")
-    @classmethod
-    def _check_language(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        value = value.strip().lower()
-        if value and value not in LOCALES:
-            raise ValueError(f"must be empty or one of {', '.join(LOCALES)}")
-        return value
+    def api_key(self) -> str | None:
+        """The backend's bearer key, if any."""
+        return self.llm_api_key.get_secret_value() if self.llm_api_key else None
 
-    @field_validator("log_level")
-    @classmethod
-    def _level(cls, value: str) -> str:
-        value = value.upper()
-        if value not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
-        return value
+
+class LimitSettings(BaseModel):
+    """What one request may use: history tokens, images per user, and token and cost budgets."""
+
+    # Tokens of history (system prompt included) sent with each request, and the context window
+    # assumed for models whose backend does not say.
+    history_token_budget: int = Field(default=12000, gt=0)
+    context_window: int = Field(default=32768, gt=0)
+    # Per-user pace of /image (0 turns a limit off; owners are exempt).
+    image_cooldown_seconds: int = Field(default=30, ge=0)
+    image_daily_limit: int = Field(default=10, ge=0)
+    # Budgets for each user and for the whole bot; empty or 0 means unlimited. Owners are never
+    # stopped. Days and months begin at midnight in USAGE_TIMEZONE (an IANA name).
+    user_daily_tokens: int | None = Field(default=None, ge=0)
+    user_monthly_tokens: int | None = Field(default=None, ge=0)
+    user_daily_cost: float | None = Field(default=None, ge=0)
+    user_monthly_cost: float | None = Field(default=None, ge=0)
+    bot_daily_tokens: int | None = Field(default=None, ge=0)
+    bot_monthly_tokens: int | None = Field(default=None, ge=0)
+    bot_daily_cost: float | None = Field(default=None, ge=0)
+    bot_monthly_cost: float | None = Field(default=None, ge=0)
+    usage_timezone: str = "UTC"
 
     @field_validator(
         "user_daily_tokens",
@@ -215,6 +203,33 @@ class Settings(BaseSettings):
     @classmethod
     def _zero_is_unlimited(cls, value: float | None) -> float | None:
         return value or None
+
+    @field_validator("usage_timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            load_timezone(value)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            raise ValueError(
+                "unknown time zone; use an IANA name such as UTC or Europe/Berlin"
+            ) from None
+        return value
+
+    def usage_tzinfo(self) -> tzinfo:
+        """The time zone whose midnights begin usage days and months."""
+        return load_timezone(self.usage_timezone)
+
+
+class PriceSettings(BaseModel):
+    """Prices for the cost estimates, shown as US dollars."""
+
+    # Per million prompt and completion tokens and per image, and models priced differently,
+    # as JSON; fields a model leaves out take the defaults.
+    price_prompt_per_million: float = Field(default=0.0, ge=0)
+    price_completion_per_million: float = Field(default=0.0, ge=0)
+    price_per_image: float = Field(default=0.0, ge=0)
+    model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = {}
 
     @field_validator("model_prices", mode="before")
     @classmethod
@@ -241,28 +256,6 @@ class Settings(BaseSettings):
                     raise ValueError(f"{model!r} {name} must be a number, 0 or more")
         return value
 
-    @field_validator("usage_timezone")
-    @classmethod
-    def _check_timezone(cls, value: str) -> str:
-        value = value.strip()
-        try:
-            load_timezone(value)
-        except (ZoneInfoNotFoundError, ValueError, OSError):
-            raise ValueError(
-                "unknown time zone; use an IANA name such as UTC or Europe/Berlin"
-            ) from None
-        return value
-
-    @model_validator(mode="after")
-    def _timeouts_consistent(self) -> Settings:
-        if self.llm_total_timeout < self.llm_first_token_timeout:
-            raise ValueError("LLM_TOTAL_TIMEOUT must not be shorter than LLM_FIRST_TOKEN_TIMEOUT")
-        return self
-
-    def is_owner(self, user_id: int | None) -> bool:
-        """True for the users listed in OWNER_IDS."""
-        return user_id is not None and user_id in self.owner_ids
-
     def price_list(self) -> PriceList:
         """The default price and MODEL_PRICES, with left-out fields taken from the default."""
         default = Price(
@@ -280,9 +273,52 @@ class Settings(BaseSettings):
         }
         return PriceList(default=default, models=models)
 
-    def usage_tzinfo(self) -> tzinfo:
-        """The time zone whose midnights begin usage days and months."""
-        return load_timezone(self.usage_timezone)
+
+class StorageSettings(BaseModel):
+    """Where the conversations, choices and usage are kept."""
+
+    database_url: str = "sqlite+aiosqlite:///data/bot.db"
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        value = value.strip()
+        for plain, driver in (
+            ("sqlite://", "sqlite+aiosqlite://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+        ):
+            if value.startswith(plain):
+                return driver + value[len(plain) :]
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite:///path/to/file.db or postgresql://user@host/db")
+        return value
+
+
+class Settings(
+    BaseSettings, TelegramSettings, LLMSettings, LimitSettings, PriceSettings, StorageSettings
+):
+    """Every setting the bot reads, grouped by concern; names are the environment variables'.
+
+    The groups are mixed into one flat model, so each variable keeps its plain name
+    (LLM_BASE_URL, not LLM__BASE_URL). Validators are looked up by name across the groups:
+    each must have a name of its own.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,  # `TEMPERATURE=` in .env means "use the default"
+    )
+
+
+def _http_url(value: str) -> str:
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
 
 
 PRICE_FIELDS = frozenset({"prompt", "completion", "image"})
