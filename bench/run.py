@@ -42,6 +42,8 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+# The checkout whose bot is measured: this one unless --bot-root names another.
+BOT_ROOT = ROOT
 if str(ROOT) not in sys.path:  # run as a script: make `bot` and `tests` importable
     sys.path.insert(0, str(ROOT))
 
@@ -178,7 +180,7 @@ class BotProcess:
             if not key.startswith(("BOT_", "LLM_", "TELEGRAM_", "DATABASE_", "OWNER_"))
         }
         env.update(
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=str(BOT_ROOT),
             BOT_TOKEN=TOKEN,
             TELEGRAM_API_URL=tg.url,
             LLM_BASE_URL=llm.base_url,
@@ -765,6 +767,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--only", default="latency,capacity,smooth", help="scenarios to run, comma-separated"
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--bot-root",
+        type=Path,
+        default=ROOT,
+        help="run the bot from this checkout (default: this one); see bench/compare.py",
+    )
     args = parser.parse_args(argv)
     if args.answers is None:
         args.answers = 21 if args.quick else 150
@@ -835,4 +843,6 @@ async def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    arguments = parse_args()
+    BOT_ROOT = arguments.bot_root.resolve()
+    asyncio.run(main(arguments))
