@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.repositories import ChatRecord, ChatRepository, UserRecord, UserRepository
 
@@ -20,7 +20,8 @@ class Directory:
     """Every service that stores chats or users goes through one shared Directory.
 
     Telegram lets one process at a time poll a bot's updates, so the bot is the only writer of
-    its chats and users, and what it committed stays true until it writes again. A message from
+    its chats and users, and what it committed stays true until it writes again. It is the one
+    in-memory copy of them: the users' chosen languages are read through it too. A message from
     a chat and a user it knows, as Telegram still reports them, then costs no statement for
     either. Records are remembered only once their transaction has committed (`remember`):
     a rolled-back insert must not be taken for a stored row. Beyond `capacity` the least
@@ -30,7 +31,8 @@ class Directory:
     def __init__(self, capacity: int = CAPACITY) -> None:
         self._capacity = capacity
         self._chats: OrderedDict[int, ChatRecord] = OrderedDict()
-        self._users: OrderedDict[int, UserRecord] = OrderedDict()
+        # None: read from the database and found absent (the user never wrote to the bot).
+        self._users: OrderedDict[int, UserRecord | None] = OrderedDict()
 
     async def chat(
         self, session: AsyncSession, *, chat_id: int, type: str, title: str | None
@@ -60,6 +62,21 @@ class Directory:
         return await UserRepository(session).upsert(
             user_id=user_id, username=username, full_name=full_name, language_code=language_code
         )
+
+    async def stored_user(
+        self, sessions: async_sessionmaker[AsyncSession], *, user_id: int
+    ) -> UserRecord | None:
+        """The user as stored, or None if never stored: read once (in a session of its own)."""
+        if user_id in self._users:
+            self._users.move_to_end(user_id)
+            return self._users[user_id]
+        async with sessions() as session:
+            record = await UserRepository(session).get(user_id=user_id)
+        # A transaction that stored the user while this read was under way has remembered
+        # them already, and knows better.
+        if user_id not in self._users:
+            _put(self._users, user_id, record, self._capacity)
+        return record
 
     def remember(self, *records: ChatRecord | UserRecord) -> None:
         """Keep records whose transaction has committed; call it after the commit, never before."""

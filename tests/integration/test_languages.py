@@ -11,6 +11,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db import UserRepository
+from bot.services.directory import Directory
 from bot.services.languages import LanguageService
 
 Sessionmaker = async_sessionmaker[AsyncSession]
@@ -96,7 +97,7 @@ async def test_a_language_no_longer_offered_counts_as_no_choice(
 async def test_choices_are_read_once_then_served_from_memory(
     engine: AsyncEngine, sessionmaker: Sessionmaker
 ) -> None:
-    service = LanguageService(sessions=sessionmaker, cache_size=2)
+    service = LanguageService(sessions=sessionmaker, directory=Directory(capacity=2))
     with counted_queries(engine) as statements:
         for _ in range(5):
             assert await service.locale_for(user_id=1, language_code="ru") == "ru"

@@ -10,7 +10,6 @@ from bot.services.chat import ChatRequest, ChatService
 from bot.telegram.filters import GROUP_TYPES, Addressed, NotFromBot
 from bot.telegram.replies import Replies
 
-router = Router(name=__name__)
 MEDIA_TYPES = frozenset(
     {
         "sticker",
@@ -29,7 +28,6 @@ MEDIA_TYPES = frozenset(
         "story",
     }
 )
-router.message.filter(NotFromBot())
 
 
 async def unknown_command(message: Message, replies: Replies) -> None:
