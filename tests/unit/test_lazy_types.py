@@ -73,3 +73,17 @@ def test_start_up_builds_the_models_the_bot_uses() -> None:
         """
     )
     assert out.strip() == "True"
+
+
+def test_the_patch_still_takes_hold_of_aiogram_model_rebuilds() -> None:
+    # Fails when a new aiogram or pydantic changes what lazy_types patches: aiogram's rebuild
+    # of every model at import, with pydantic's `_types_namespace` argument.
+    out = run_python(
+        """
+        import bot
+        from bot.telegram.lazy_types import deferred
+        from aiogram.types import Message
+        print(deferred(), Message.__pydantic_complete__)
+        """
+    )
+    assert out.split() == ["True", "False"]
