@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from bot.telegram import render
+from bot.telegram.render import markdown as renderer
 from bot.telegram.render import render_html, utf16_len
 
 # ---- a checker for what Telegram accepts ---------------------------------------------------
@@ -446,8 +446,8 @@ def test_plain_text_shortcut_matches_the_parser() -> None:
         content = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 50))).strip()
         if not content:
             continue
-        slow = render._inline_tokens_html(render._parse_inline(content, ()))
-        assert render._inline_html.__wrapped__(content, ()) == slow, repr(content)
+        slow = renderer._inline_tokens_html(renderer._parse_inline(content, ()))
+        assert renderer._inline_html.__wrapped__(content, ()) == slow, repr(content)
 
 
 def test_utf16_len_counts_astral_characters_twice() -> None:
@@ -463,7 +463,7 @@ def test_render_is_fast_enough_for_streaming() -> None:
     import time
 
     text = RICH_SAMPLE * 40  # about 60 KB
-    render._inline_html.cache_clear()
+    renderer.clear_cache()
     started = time.perf_counter()
     out = show(text)
     assert time.perf_counter() - started < 2.0

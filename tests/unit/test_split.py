@@ -7,7 +7,6 @@ import time
 
 import pytest
 
-from bot.telegram import render
 from bot.telegram.render import (
     TELEGRAM_TEXT_LIMIT,
     Piece,
@@ -16,6 +15,7 @@ from bot.telegram.render import (
     split_markdown,
     utf16_len,
 )
+from bot.telegram.render import markdown as renderer
 from tests.unit.test_render import assert_telegram_html, visible
 
 
@@ -351,7 +351,7 @@ def test_hundred_kilobytes_split_quickly() -> None:
         else:
             blocks.append(" ".join(paragraphs(rng, 400)[:1]))
     text = "\n\n".join(blocks)
-    render._inline_html.cache_clear()
+    renderer.clear_cache()
     started = time.perf_counter()
     pieces = split_markdown(text)
     elapsed = time.perf_counter() - started
