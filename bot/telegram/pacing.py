@@ -223,3 +223,39 @@ class GlobalPace:
                 continue
             waiter.set_result(None)
             self._in_flight += 1
+
+
+class Turn:
+    """One chat's turn at the FloodGate, which a caller may take before it knows what to send.
+
+    Taking the turn first and building the text after it means a long wait still sends the
+    newest text. `take` does nothing while the turn is held, so whoever makes the call can take
+    it again without knowing whether the caller already did; `end` is likewise safe to repeat.
+    """
+
+    def __init__(self, gate: FloodGate, chat_id: int) -> None:
+        self._gate = gate
+        self._chat_id = chat_id
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        """True between `take` and `end`."""
+        return self._held
+
+    async def take(self, *, urgent: Urgency = True) -> None:
+        """Wait for the chat's next slot and a bot-wide one, unless the turn is already held."""
+        if not self._held:
+            await self._gate.acquire(self._chat_id, urgent=urgent)
+            self._held = True
+
+    def end(self) -> None:
+        """The call made in this turn has its answer, or will not be made."""
+        # The gate counts the call against Telegram's limits until its answer is back.
+        if self._held:
+            self._held = False
+            self._gate.release(self._chat_id)
+
+    def hurry(self) -> None:
+        """Make a non-urgent wait for this turn urgent: it will carry final text."""
+        self._gate.hurry(self._chat_id)

@@ -4,35 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from aiogram import Bot
-from aiogram.enums import ChatAction, ParseMode
-from aiogram.exceptions import (
-    TelegramAPIError,
-    TelegramBadRequest,
-    TelegramForbiddenError,
-    TelegramNetworkError,
-    TelegramNotFound,
-    TelegramRetryAfter,
-    TelegramServerError,
-    TelegramUnauthorizedError,
-)
-from aiogram.types import LinkPreviewOptions, ReplyParameters
+from aiogram.enums import ChatAction
 
-from bot.telegram.pacing import FloodGate, Sleep, Urgency
+from bot.telegram.delivery import Delivery, Outcome
 from bot.telegram.render import first_piece, render_fitting, render_html
-
-logger = logging.getLogger(__name__)
-
-NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
-TYPING_RENEW_SECONDS = 4.5  # Telegram shows a chat action for 5 s or until a message arrives
-
-
-class DeliveryError(Exception):
-    """A message could not be delivered and retrying will not help."""
 
 
 @dataclass(slots=True)
@@ -41,15 +18,6 @@ class _Shown:
 
     message_id: int
     content: str  # exactly what was last sent (HTML or plain), to skip no-op edits
-
-
-@dataclass(frozen=True, slots=True)
-class WriterOptions:
-    """How hard to try delivering the final text."""
-
-    final_attempts: int = 8
-    backoff_base: float = 0.5
-    backoff_max: float = 10.0
 
 
 @dataclass(slots=True)
@@ -62,7 +30,6 @@ class _State:
     carry: str = ""  # prefix re-opening a code block cut at the previous message's end
     current: _Shown | None = None
     sent_ids: list[int] = field(default_factory=list)
-    calls: int = 0
 
 
 class TelegramReplyWriter:
@@ -72,43 +39,33 @@ class TelegramReplyWriter:
     the chat's pacing allows, always sending the newest text, so a slow Telegram never slows
     reading the backend and a fast backend never floods Telegram. Past 4096 characters the
     message is frozen at a paragraph or line boundary and the answer continues in a new message.
+    How each call reaches Telegram (pacing, retries, fallbacks) is up to `Delivery`.
     """
 
     def __init__(
         self,
         *,
-        bot: Bot,
-        gate: FloodGate,
+        delivery: Delivery,
         chat_id: int,
         reply_to: int | None = None,
         thread_id: int | None = None,
-        options: WriterOptions | None = None,
-        sleep: Sleep = asyncio.sleep,
     ) -> None:
-        self._bot = bot
-        self._gate = gate
+        self._delivery = delivery
         self._chat_id = chat_id
         self._reply_to = reply_to
         self._thread_id = thread_id
-        self._options = options or WriterOptions()
-        self._sleep = sleep
         self._state = _State()
         self._changed = asyncio.Event()
         self._finishing = False
         self._flusher: asyncio.Task[bool] | None = None
-        self._typing: asyncio.Task[None] | None = None
+        self._typing = contextlib.AsyncExitStack()
+        self._turn = delivery.turn(chat_id)
         self._dead = False  # the chat is unreachable (bot blocked, chat gone)
-        self._holding = False  # a turn is taken and its call not yet answered
 
     @property
     def shown(self) -> bool:
         """True once any part of the answer is visible."""
         return bool(self._state.sent_ids)
-
-    @property
-    def api_calls(self) -> int:
-        """Message-producing Bot API calls made so far."""
-        return self._state.calls
 
     @property
     def message_ids(self) -> list[int]:
@@ -117,7 +74,10 @@ class TelegramReplyWriter:
 
     async def start(self) -> None:
         """Show "typing…" until the first text is visible."""
-        self._typing = asyncio.create_task(self._keep_typing())
+        typing = self._delivery.chat_action(
+            self._chat_id, ChatAction.TYPING, thread_id=self._thread_id
+        )
+        await self._typing.enter_async_context(typing)
         self._flusher = asyncio.create_task(self._flush_loop())
 
     def push(self, text: str) -> None:
@@ -133,7 +93,7 @@ class TelegramReplyWriter:
         """Deliver the complete answer (and `note`, if any) and stop the background work."""
         self._finishing = True
         # An edit still waiting behind other chats' urgent calls now carries the final text.
-        self._gate.hurry(self._chat_id)
+        self._turn.hurry()
         self._changed.set()
         try:
             if self._flusher is not None:
@@ -141,7 +101,7 @@ class TelegramReplyWriter:
             else:
                 delivered = await self._deliver(final=True)
         finally:
-            await self._stop_typing()
+            await self._typing.aclose()
         if note:
             await self.send_text(note, reply_to=self._state.sent_ids[-1] if self.shown else None)
         return delivered
@@ -155,50 +115,23 @@ class TelegramReplyWriter:
         """Send a short plain-text message of the bot's own (errors, notes) reliably."""
         if self._dead:
             return None
-
-        async def call() -> int:
-            msg = await self._bot.send_message(
-                chat_id=self._chat_id,
-                text=text,
-                message_thread_id=self._thread_id,
-                reply_parameters=_reply(reply_to),
-                link_preview_options=NO_PREVIEW,
-            )
-            return msg.message_id
-
-        try:
-            return await self._with_retries(call)
-        except DeliveryError as exc:
-            logger.warning("chat %s: could not send a notice: %s", self._chat_id, exc)
-            return None
+        sent = await self._delivery.send_text(
+            self._chat_id, text, thread_id=self._thread_id, reply_to=reply_to
+        )
+        if sent.outcome is Outcome.UNREACHABLE:
+            self._dead = True
+        return sent.message_id
 
     # ---- background work -------------------------------------------------------------------
-
-    async def _keep_typing(self) -> None:
-        while not self.shown and not self._finishing:
-            with contextlib.suppress(TelegramAPIError):
-                await self._bot.send_chat_action(
-                    chat_id=self._chat_id,
-                    action=ChatAction.TYPING,
-                    message_thread_id=self._thread_id,
-                )
-            await self._sleep(TYPING_RENEW_SECONDS)
-
-    async def _stop_typing(self) -> None:
-        if self._typing is not None:
-            self._typing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._typing
 
     async def _flush_loop(self) -> bool:
         """Turn pushed text into calls until finishing, then deliver the final text."""
         try:
             return await self._flush()
         finally:
-            self._end_turn()  # cancelled while holding a turn
+            self._turn.end()  # cancelled while holding a turn
 
     async def _flush(self) -> bool:
-        paced = False
         while not self._finishing:
             await self._changed.wait()
             if self._finishing:
@@ -206,52 +139,35 @@ class TelegramReplyWriter:
             if self.shown:
                 # Edits wait for the chat's pacing and for a bot-wide slot that no first message
                 # or final text is waiting for; the wait turns urgent once the answer is complete.
-                await self._take_turn(urgent=self._is_finishing)
-                paced = True
+                await self._turn.take(urgent=self._is_finishing)
                 if self._finishing:
                     break
             self._changed.clear()
-            await self._deliver(final=False, paced=paced)
-            paced = False
-            if self.shown and self._typing is not None:
-                self._typing.cancel()
-        return await self._deliver(final=True, paced=paced)
+            await self._deliver(final=False)
+            if self.shown:
+                await self._typing.aclose()
+        return await self._deliver(final=True)
 
-    # ---- rendering and delivery --------------------------------------------------------------
+    # ---- rendering -------------------------------------------------------------------------
 
     def _is_finishing(self) -> bool:
         return self._finishing
 
-    async def _take_turn(self, *, urgent: Urgency = True) -> None:
-        await self._gate.acquire(self._chat_id, urgent=urgent)
-        self._holding = True
-
-    def _end_turn(self) -> None:
-        # The gate counts the call against Telegram's limits until its answer is back.
-        if self._holding:
-            self._holding = False
-            self._gate.release(self._chat_id)
-
-    async def _deliver(self, *, final: bool, paced: bool = False) -> bool:
-        """Show the newest text: freeze full messages, then update the current one.
-
-        `paced`: a turn is already held for the first call.
-        """
+    async def _deliver(self, *, final: bool) -> bool:
+        """Show the newest text: freeze full messages, then update the current one."""
         try:
-            return await self._deliver_held(final=final, paced=paced)
+            return await self._deliver_in_turn(final=final)
         finally:
-            self._end_turn()  # a turn that ended up without a call
+            self._turn.end()  # a turn that ended up without a call
 
-    async def _deliver_held(self, *, final: bool, paced: bool) -> bool:
+    async def _deliver_in_turn(self, *, final: bool) -> bool:
         st = self._state
         if self._dead:
             return False
         if st.pushed == st.delivered:
             return True  # nothing new since the last delivery
-        if not paced:
-            # The turn first, the text after it: a long wait for the turn still sends the newest.
-            await self._take_turn()
-            paced = True
+        # The turn first, the text after it: a long wait for the turn still sends the newest.
+        await self._turn.take()
         if st.pending:
             st.text += "".join(st.pending)
             st.pending.clear()
@@ -266,20 +182,17 @@ class TelegramReplyWriter:
                 html = render_html(body)
                 break
             # The current message is full: it keeps this piece for good.
-            if not await self._show(piece.markdown, final=True, paced=paced):
+            if not await self._show(piece.markdown, final=True):
                 return False
-            paced = False
             st.current = None
             st.offset += piece.end
             st.carry = piece.carry
-        if body.strip() and not await self._show(body, html=html, final=final, paced=paced):
+        if body.strip() and not await self._show(body, html=html, final=final):
             return False
         st.delivered = upto
         return True
 
-    async def _show(
-        self, markdown: str, *, html: str | None = None, final: bool, paced: bool
-    ) -> bool:
+    async def _show(self, markdown: str, *, html: str | None = None, final: bool) -> bool:
         """Send or edit the current message to show `markdown` (rendered as `html`, if given)."""
         if self._dead:
             return False
@@ -287,110 +200,41 @@ class TelegramReplyWriter:
             html = render_html(markdown)
         if not html.strip():
             return True
-        cur = self._state.current
-        if cur is not None and cur.content == html:
-            return True
-        # Intermediate edits get one retry, for the plain-text fallback or a deleted message.
-        attempts = self._options.final_attempts if final else 2
-        plain = False
-        for attempt in range(attempts):
-            content = markdown.strip() if plain else html
-            if not paced or attempt > 0:
-                await self._take_turn()
-            try:
-                try:
-                    await self._send_or_edit(content, html=not plain)
-                finally:
-                    self._end_turn()
-                return True
-            except TelegramRetryAfter as exc:
-                self._gate.block(self._chat_id, exc.retry_after)
-                logger.info(
-                    "chat %s: flood control, retry after %ss", self._chat_id, exc.retry_after
-                )
-                if not final:
-                    return False
-            except TelegramBadRequest as exc:
-                text = exc.message.lower()
-                if "not modified" in text:
-                    return True
-                if "message to edit not found" in text or "message_id_invalid" in text:
-                    # The user deleted the message being written: continue in a new one.
-                    self._state.current = None
-                    continue
-                if not plain and ("can't parse entities" in text or "too long" in text):
-                    # Telegram refused the formatting: deliver the text itself rather than nothing.
-                    logger.warning(
-                        "chat %s: HTML rejected (%s), sending plain", self._chat_id, exc
-                    )
-                    plain = True
-                    continue
-                logger.error("chat %s: message rejected: %s", self._chat_id, exc.message)
-                return False
-            except (TelegramForbiddenError, TelegramUnauthorizedError, TelegramNotFound) as exc:
-                logger.warning("chat %s: unreachable: %s", self._chat_id, exc.message)
-                self._dead = True
-                return False
-            except (TelegramNetworkError, TelegramServerError) as exc:
-                logger.info("chat %s: Telegram call failed (%s), retrying", self._chat_id, exc)
-                if not final:
-                    return False
-                await self._sleep(self._backoff(attempt))
-            except TelegramAPIError as exc:
-                logger.error("chat %s: unexpected Telegram error: %s", self._chat_id, exc)
-                return False
-        logger.error("chat %s: gave up delivering after %s attempts", self._chat_id, attempts)
-        return False
-
-    async def _send_or_edit(self, content: str, *, html: bool) -> None:
         st = self._state
-        parse_mode = ParseMode.HTML if html else None
-        st.calls += 1
-        if st.current is None:
-            msg = await self._bot.send_message(
-                chat_id=self._chat_id,
-                text=content,
-                parse_mode=parse_mode,
-                message_thread_id=self._thread_id,
-                reply_parameters=_reply(self._reply_to) if not st.sent_ids else None,
-                link_preview_options=NO_PREVIEW,
-            )
-            st.current = _Shown(message_id=msg.message_id, content=content)
-            st.sent_ids.append(msg.message_id)
-            return
-        await self._bot.edit_message_text(
-            chat_id=self._chat_id,
-            message_id=st.current.message_id,
-            text=content,
-            parse_mode=parse_mode,
-            link_preview_options=NO_PREVIEW,
-        )
-        st.current.content = content
-
-    async def _with_retries(self, call: Callable[[], Awaitable[int]]) -> int:
-        for attempt in range(self._options.final_attempts):
-            await self._take_turn()
-            try:
-                try:
-                    return await call()
-                finally:
-                    self._end_turn()
-            except TelegramRetryAfter as exc:
-                self._gate.block(self._chat_id, exc.retry_after)
-            except (TelegramNetworkError, TelegramServerError):
-                await self._sleep(self._backoff(attempt))
-            except TelegramAPIError as exc:
-                if isinstance(exc, (TelegramForbiddenError, TelegramUnauthorizedError)):
-                    self._dead = True
-                raise DeliveryError(exc.message) from exc
-        raise DeliveryError("retries exhausted")
-
-    def _backoff(self, attempt: int) -> float:
-        return float(min(self._options.backoff_max, self._options.backoff_base * 2**attempt))
-
-
-def _reply(message_id: int | None) -> ReplyParameters | None:
-    if message_id is None:
-        return None
-    # The triggering message may have been deleted meanwhile; answer anyway.
-    return ReplyParameters(message_id=message_id, allow_sending_without_reply=True)
+        if st.current is not None and st.current.content == html:
+            return True
+        plain = markdown.strip()
+        while True:
+            if st.current is None:
+                sent = await self._delivery.send_text(
+                    self._chat_id,
+                    plain,
+                    html=html,
+                    thread_id=self._thread_id,
+                    reply_to=self._reply_to if not st.sent_ids else None,
+                    final=final,
+                    turn=self._turn,
+                )
+                if sent.ok and sent.message_id is not None:
+                    st.current = _Shown(sent.message_id, plain if sent.fallback else html)
+                    st.sent_ids.append(sent.message_id)
+                    return True
+            else:
+                sent = await self._delivery.edit_text(
+                    self._chat_id,
+                    st.current.message_id,
+                    plain,
+                    html=html,
+                    final=final,
+                    turn=self._turn,
+                )
+                if sent.ok:
+                    st.current.content = plain if sent.fallback else html
+                    return True
+                if sent.outcome is Outcome.GONE:
+                    # The user deleted the message being written: continue in a new one.
+                    st.current = None
+                    continue
+            if sent.outcome is Outcome.UNREACHABLE:
+                self._dead = True
+            return False

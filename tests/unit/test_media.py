@@ -1,15 +1,10 @@
-"""Sending pictures: photo or file, captions within Telegram's limit, a lasting chat action."""
+"""Telegram's picture rules: photo or file, captions within Telegram's limit."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, cast
-
 import pytest
-from aiogram import Bot
-from aiogram.enums import ChatAction
 
-from bot.telegram.media import CAPTION_LIMIT, ChatActionKeeper, fits_photo, shorten_caption
+from bot.telegram.media import CAPTION_LIMIT, fits_photo, shorten_caption
 
 MB = 1024 * 1024
 
@@ -41,37 +36,3 @@ def test_long_captions_are_cut_to_telegrams_limit() -> None:
     emoji = shorten_caption("🦊" * 600)
     assert len(emoji.encode("utf-16-le")) // 2 <= CAPTION_LIMIT
     assert emoji == "🦊" * 511 + "…"
-
-
-class ActionBot:
-    def __init__(self) -> None:
-        self.actions: list[tuple[int, str]] = []
-
-    async def send_chat_action(self, *, chat_id: int, action: str, **_: Any) -> bool:
-        self.actions.append((chat_id, action))
-        return True
-
-
-async def test_chat_action_is_renewed_until_stopped() -> None:
-    bot = ActionBot()
-    renewals = asyncio.Event()
-    waits: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-        if len(waits) == 3:
-            renewals.set()
-        await asyncio.sleep(0)
-
-    keeper = ChatActionKeeper(
-        bot=cast(Bot, bot), chat_id=7, action=ChatAction.UPLOAD_PHOTO, sleep=sleep
-    )
-    async with keeper:
-        assert bot.actions == []  # nothing is shown before start()
-        await keeper.start()
-        await keeper.start()  # a second start does not add a second loop
-        await renewals.wait()
-    shown = len(bot.actions)
-    assert shown >= 3 and set(bot.actions) == {(7, "upload_photo")}
-    await asyncio.sleep(0.01)
-    assert len(bot.actions) == shown  # stopped with the block

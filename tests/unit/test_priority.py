@@ -12,8 +12,11 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
+from aiogram import Bot
+
+from bot.telegram.delivery import Delivery
 from bot.telegram.pacing import FloodGate, GlobalPace
 from bot.telegram.streaming import TelegramReplyWriter
 
@@ -55,6 +58,7 @@ class FakeBot:
     """Records message calls with the virtual time they were made at."""
 
     time: VirtualTime
+    id: int = 42  # aiogram's ChatActionSender logs it
     answer_after: float = 0.0  # virtual seconds each call takes to be answered
     calls: list[tuple[float, str, int, str]] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -81,7 +85,8 @@ class FakeBot:
 
 
 def writer(bot: FakeBot, gate: FloodGate, chat_id: int) -> TelegramReplyWriter:
-    return TelegramReplyWriter(bot=bot, gate=gate, chat_id=chat_id, sleep=bot.time.sleep)  # type: ignore[arg-type]
+    delivery = Delivery(bot=cast(Bot, bot), gate=gate, sleep=bot.time.sleep)
+    return TelegramReplyWriter(delivery=delivery, chat_id=chat_id)
 
 
 async def finish_all(t: VirtualTime, writers: list[TelegramReplyWriter]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiogram import Router
 from aiogram.enums import ChatAction
@@ -39,19 +40,23 @@ async def draw(
         language_code=user.language_code,
         prompt=prompt,
     )
-    # "sending a photo…" stays on from the backend request until the photo is in the chat.
-    async with replies.chat_action(message, ChatAction.UPLOAD_PHOTO) as action:
+    # "sending a photo…" is shown from the backend request (once the checks have passed)
+    # until the photo is in the chat.
+    upload_photo = replies.chat_action(message, ChatAction.UPLOAD_PHOTO)
+    async with contextlib.AsyncExitStack() as action:
         try:
-            outcome = await image_service.generate(request=request, on_start=action.start)
+            outcome = await image_service.generate(
+                request=request, on_start=lambda: action.enter_async_context(upload_photo)
+            )
         except asyncio.CancelledError:
-            await action.stop()
+            await action.aclose()
             await replies.text(
                 message,
                 _("⚠️ The image was not finished: the bot was restarted. Please ask again."),
             )
             raise
         if isinstance(outcome, ImageRefusal):
-            await action.stop()
+            await action.aclose()
             await replies.text(message, outcome.text)
             return
         sent = await replies.image(

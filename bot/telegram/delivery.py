@@ -1,0 +1,376 @@
+"""The one path from the bot to Telegram: every send, edit and chat action, under one policy.
+
+Every call that produces or changes a message takes a turn at the FloodGate. What follows a
+failure depends on the failure and on whether the delivery is final (the user must get it) or
+intermediate (a newer text will follow anyway):
+
+=============================================  ==============================================
+429 Too Many Requests                          block the chat for ``retry_after``; final:
+                                               retry, intermediate: DEFERRED
+5xx, network error, a reply that is not JSON   final: back off and retry, intermediate:
+                                               DEFERRED
+"message is not modified"                      DELIVERED (Telegram already shows it)
+"can't parse entities", "too long" on HTML     once: the plain text instead
+a photo Telegram will not take                 once: the same picture as a file
+"message to edit not found"                    GONE: the caller continues in a new message
+403, 401, 404, "chat not found"                UNREACHABLE: stop trying this chat
+anything else, or attempts used up             REFUSED, logged
+=============================================  ==============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiogram import Bot
+from aiogram.client.session.middlewares.base import (
+    BaseRequestMiddleware,
+    NextRequestMiddlewareType,
+)
+from aiogram.enums import ChatAction, ParseMode
+from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramNotFound,
+    TelegramRetryAfter,
+    TelegramServerError,
+    TelegramUnauthorizedError,
+)
+from aiogram.methods import SendChatAction, TelegramMethod
+from aiogram.methods.base import TelegramType
+from aiogram.types import (
+    BufferedInputFile,
+    InlineKeyboardMarkup,
+    LinkPreviewOptions,
+    ReplyParameters,
+)
+from aiogram.utils.chat_action import ChatActionSender
+
+from bot.telegram.media import fits_photo, shorten_caption
+from bot.telegram.pacing import FloodGate, Sleep, Turn
+
+logger = logging.getLogger(__name__)
+
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+# Telegram shows a chat action for 5 s or until the bot's next message: renew it a bit sooner.
+CHAT_ACTION_RENEW_SECONDS = 4.5
+
+# Failures that say nothing about the request itself. A proxy in front of the Bot API may answer
+# with an HTML error page (a 502 from nginx, say); aiogram cannot decode it and raises
+# ClientDecodeError, which is not a TelegramAPIError.
+TRANSIENT_ERRORS = (TelegramServerError, TelegramNetworkError, ClientDecodeError)
+UNREACHABLE_ERRORS = (TelegramForbiddenError, TelegramUnauthorizedError, TelegramNotFound)
+
+# One Bot API call; its argument says whether to send the fallback form. Returns the id of the
+# message sent, or None for an edit.
+_Call = Callable[[bool], Awaitable[int | None]]
+
+
+class Outcome(enum.Enum):
+    """How a delivery ended."""
+
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"  # an intermediate call met a 429 or a transient failure
+    GONE = "gone"  # the message to edit no longer exists
+    REFUSED = "refused"
+    UNREACHABLE = "unreachable"
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The result of one delivery."""
+
+    outcome: Outcome
+    message_id: int | None = None  # of a new message; None for edits
+    fallback: bool = False  # delivered as plain text, or a photo as a file
+
+    @property
+    def ok(self) -> bool:
+        """True when Telegram shows what was delivered."""
+        return self.outcome is Outcome.DELIVERED
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """How many calls a final delivery may make, and the backoff after transient failures."""
+
+    attempts: int = 8
+    backoff_base: float = 0.5
+    backoff_max: float = 10.0
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait after the transient failure of attempt number `attempt` (from 0)."""
+        return float(min(self.backoff_max, self.backoff_base * 2**attempt))
+
+
+class Delivery:
+    """Sends and edits messages, pictures and chat actions for the whole bot, paced."""
+
+    def __init__(
+        self,
+        *,
+        bot: Bot,
+        gate: FloodGate,
+        policy: DeliveryPolicy | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._bot = bot
+        self._gate = gate
+        self._policy = policy or DeliveryPolicy()
+        self._sleep = sleep
+        if not any(isinstance(m, QuietChatActions) for m in bot.session.middleware):
+            bot.session.middleware(QuietChatActions())
+
+    def turn(self, chat_id: int) -> Turn:
+        """A turn at the FloodGate for `chat_id`, to take before knowing what to send."""
+        return Turn(self._gate, chat_id)
+
+    def chat_action(
+        self, chat_id: int, action: ChatAction, *, thread_id: int | None = None
+    ) -> ChatActionSender:
+        """aiogram's sender of `action`, shown and renewed while its `async with` block runs."""
+        return ChatActionSender(
+            bot=self._bot,
+            chat_id=chat_id,
+            action=action,
+            message_thread_id=thread_id,
+            interval=CHAT_ACTION_RENEW_SECONDS,
+        )
+
+    async def send_text(
+        self,
+        chat_id: int,
+        text: str,
+        *,
+        html: str | None = None,
+        markup: InlineKeyboardMarkup | None = None,
+        thread_id: int | None = None,
+        reply_to: int | None = None,
+        final: bool = True,
+        turn: Turn | None = None,
+    ) -> Sent:
+        """Send a message: `html` formatted if given, `text` if there is none or it is refused."""
+
+        async def call(plain: bool) -> int | None:
+            message = await self._bot.send_message(
+                chat_id=chat_id,
+                text=text if plain or html is None else html,
+                parse_mode=None if plain or html is None else ParseMode.HTML,
+                reply_markup=markup,
+                message_thread_id=thread_id,
+                reply_parameters=_reply(reply_to),
+                link_preview_options=NO_PREVIEW,
+            )
+            return message.message_id
+
+        return await self._deliver(
+            chat_id,
+            call,
+            fallback=None if html is None else _formatting_refused,
+            final=final,
+            turn=turn,
+            what="message",
+        )
+
+    async def edit_text(
+        self,
+        chat_id: int,
+        message_id: int,
+        text: str,
+        *,
+        html: str | None = None,
+        markup: InlineKeyboardMarkup | None = None,
+        final: bool = True,
+        turn: Turn | None = None,
+    ) -> Sent:
+        """Replace a message's text (and keyboard), formatted and with fallback as `send_text`."""
+
+        async def call(plain: bool) -> int | None:
+            await self._bot.edit_message_text(
+                chat_id=chat_id,
+                message_id=message_id,
+                text=text if plain or html is None else html,
+                parse_mode=None if plain or html is None else ParseMode.HTML,
+                reply_markup=markup,
+                link_preview_options=NO_PREVIEW,
+            )
+            return None
+
+        return await self._deliver(
+            chat_id,
+            call,
+            fallback=None if html is None else _formatting_refused,
+            final=final,
+            turn=turn,
+            what="edit",
+        )
+
+    async def send_picture(
+        self,
+        chat_id: int,
+        *,
+        data: bytes,
+        filename: str,
+        mime_type: str,
+        width: int | None,
+        height: int | None,
+        caption: str,
+        thread_id: int | None = None,
+        reply_to: int | None = None,
+    ) -> Sent:
+        """Send a picture as a photo when Telegram takes it as one, else (or then) as a file."""
+        as_photo = fits_photo(size=len(data), mime_type=mime_type, width=width, height=height)
+        caption = shorten_caption(caption)
+
+        async def call(as_file: bool) -> int | None:
+            upload = BufferedInputFile(data, filename=filename)
+            if as_photo and not as_file:
+                message = await self._bot.send_photo(
+                    chat_id=chat_id,
+                    photo=upload,
+                    caption=caption or None,
+                    message_thread_id=thread_id,
+                    reply_parameters=_reply(reply_to),
+                )
+            else:
+                message = await self._bot.send_document(
+                    chat_id=chat_id,
+                    document=upload,
+                    caption=caption or None,
+                    message_thread_id=thread_id,
+                    reply_parameters=_reply(reply_to),
+                )
+            return message.message_id
+
+        # Telegram has limits of its own on photos (dimensions it cannot process, say): the
+        # file itself is still worth delivering.
+        return await self._deliver(
+            chat_id,
+            call,
+            fallback=(lambda _reason: True) if as_photo else None,
+            final=True,
+            turn=None,
+            what="picture",
+        )
+
+    async def _deliver(
+        self,
+        chat_id: int,
+        call: _Call,
+        *,
+        fallback: Callable[[str], bool] | None,
+        final: bool,
+        turn: Turn | None,
+        what: str,
+    ) -> Sent:
+        """Make `call` in the chat's turns until it succeeds or the policy gives up.
+
+        `fallback(reason)` says whether a 400 with this (lower-cased) description is worth one
+        more try in the fallback form; `turn`, if held already, is used for the first call.
+        """
+        turn = turn or self.turn(chat_id)
+        as_fallback = False
+        for attempt in range(self._policy.attempts):
+            await turn.take()
+            try:
+                try:
+                    message_id = await call(as_fallback)
+                finally:
+                    turn.end()
+            except TelegramRetryAfter as exc:
+                self._gate.block(chat_id, exc.retry_after)
+                logger.info(
+                    "chat %s: flood control (%s), retry after %ss",
+                    chat_id,
+                    what,
+                    exc.retry_after,
+                )
+                if not final:
+                    return Sent(Outcome.DEFERRED)
+            except TRANSIENT_ERRORS as exc:
+                logger.info("chat %s: %s failed: %s", chat_id, what, _brief(exc))
+                if not final:
+                    return Sent(Outcome.DEFERRED)
+                await self._sleep(self._policy.backoff(attempt))
+            except TelegramBadRequest as exc:
+                reason = exc.message.lower()
+                if "not modified" in reason:
+                    # A repeated edit (a double press, a resent final text) shows it already.
+                    return Sent(Outcome.DELIVERED, fallback=as_fallback)
+                if "message to edit not found" in reason or "message_id_invalid" in reason:
+                    return Sent(Outcome.GONE)
+                if "chat not found" in reason:
+                    logger.warning("chat %s: unreachable: %s", chat_id, exc.message)
+                    return Sent(Outcome.UNREACHABLE)
+                if fallback is not None and not as_fallback and fallback(reason):
+                    logger.warning(
+                        "chat %s: %s refused (%s), trying its fallback", chat_id, what, exc.message
+                    )
+                    as_fallback = True
+                    continue
+                logger.error("chat %s: %s refused: %s", chat_id, what, exc.message)
+                return Sent(Outcome.REFUSED)
+            except UNREACHABLE_ERRORS as exc:
+                logger.warning("chat %s: unreachable: %s", chat_id, exc.message)
+                return Sent(Outcome.UNREACHABLE)
+            except TelegramAPIError as exc:
+                logger.error("chat %s: unexpected Telegram error (%s): %s", chat_id, what, exc)
+                return Sent(Outcome.REFUSED)
+            else:
+                return Sent(Outcome.DELIVERED, message_id=message_id, fallback=as_fallback)
+        logger.error(
+            "chat %s: %s given up after %s attempts", chat_id, what, self._policy.attempts
+        )
+        return Sent(Outcome.REFUSED)
+
+
+class QuietChatActions(BaseRequestMiddleware):
+    """A Bot API request middleware: a refused chat action is logged, not raised.
+
+    A chat action is only a courtesy. aiogram's ChatActionSender sends it from a background
+    task that nobody awaits, so an error there (the bot was blocked, a 429, a network error)
+    would end the task with "Task exception was never retrieved" in the log. Refused, the
+    indicator just lapses within five seconds, and the answer's own delivery deals with the
+    chat. Every other call passes through untouched.
+    """
+
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Any:  # aiogram's sessions pass the call's result through their middlewares
+        """Make the call; for a chat action, answer False instead of raising."""
+        try:
+            return await make_request(bot, method)
+        except (TelegramAPIError, ClientDecodeError) as exc:
+            if not isinstance(method, SendChatAction):
+                raise
+            logger.debug("chat %s: chat action %s refused: %s", method.chat_id, method.action, exc)
+            return False
+
+
+def _formatting_refused(reason: str) -> bool:
+    return "can't parse entities" in reason or "too long" in reason
+
+
+def _brief(exc: Exception) -> str:
+    # ClientDecodeError's text includes the whole undecodable body (an HTML page).
+    if isinstance(exc, ClientDecodeError):
+        return f"{exc.message}: {type(exc.original).__name__}"
+    return str(exc)
+
+
+def _reply(message_id: int | None) -> ReplyParameters | None:
+    if message_id is None:
+        return None
+    # The triggering message may have been deleted meanwhile; answer anyway.
+    return ReplyParameters(message_id=message_id, allow_sending_without_reply=True)
