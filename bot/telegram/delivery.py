@@ -25,13 +25,8 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aiogram import Bot
-from aiogram.client.session.middlewares.base import (
-    BaseRequestMiddleware,
-    NextRequestMiddlewareType,
-)
 from aiogram.enums import ChatAction, ParseMode
 from aiogram.exceptions import (
     ClientDecodeError,
@@ -44,8 +39,6 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.methods import SendChatAction, TelegramMethod
-from aiogram.methods.base import TelegramType
 from aiogram.types import (
     BufferedInputFile,
     InlineKeyboardMarkup,
@@ -126,8 +119,6 @@ class Delivery:
         self._gate = gate
         self._policy = policy or DeliveryPolicy()
         self._sleep = sleep
-        if not any(isinstance(m, QuietChatActions) for m in bot.session.middleware):
-            bot.session.middleware(QuietChatActions())
 
     def turn(self, chat_id: int) -> Turn:
         """A turn at the FloodGate for `chat_id`, to take before knowing what to send."""
@@ -330,32 +321,6 @@ class Delivery:
             "chat %s: %s given up after %s attempts", chat_id, what, self._policy.attempts
         )
         return Sent(Outcome.REFUSED)
-
-
-class QuietChatActions(BaseRequestMiddleware):
-    """A Bot API request middleware: a refused chat action is logged, not raised.
-
-    A chat action is only a courtesy. aiogram's ChatActionSender sends it from a background
-    task that nobody awaits, so an error there (the bot was blocked, a 429, a network error)
-    would end the task with "Task exception was never retrieved" in the log. Refused, the
-    indicator just lapses within five seconds, and the answer's own delivery deals with the
-    chat. Every other call passes through untouched.
-    """
-
-    async def __call__(
-        self,
-        make_request: NextRequestMiddlewareType[TelegramType],
-        bot: Bot,
-        method: TelegramMethod[TelegramType],
-    ) -> Any:  # aiogram's sessions pass the call's result through their middlewares
-        """Make the call; for a chat action, answer False instead of raising."""
-        try:
-            return await make_request(bot, method)
-        except (TelegramAPIError, ClientDecodeError) as exc:
-            if not isinstance(method, SendChatAction):
-                raise
-            logger.debug("chat %s: chat action %s refused: %s", method.chat_id, method.action, exc)
-            return False
 
 
 def _formatting_refused(reason: str) -> bool:

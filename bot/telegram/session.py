@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.session.middlewares.base import (
+    BaseRequestMiddleware,
+    NextRequestMiddlewareType,
+)
+from aiogram.exceptions import ClientDecodeError, TelegramAPIError
+from aiogram.methods import SendChatAction
 from aiogram.methods.base import Response, TelegramMethod, TelegramType
 
 if TYPE_CHECKING:
     from aiogram import Bot
+
+logger = logging.getLogger(__name__)
 
 
 class BotSession(AiohttpSession):
@@ -20,8 +29,9 @@ class BotSession(AiohttpSession):
     parametrized models only in a weak cache: once the last answer of a kind has been freed,
     the next call builds the model again, 3-6 ms of CPU. Unpinned, that happened on nearly
     every call (getUpdates, sendMessage, editMessageText, sendChatAction), a third of the
-    bot's CPU time per answer. Only documented hooks are used: the `json_loads` argument and
-    `check_response`, which every aiogram session calls to parse an answer.
+    bot's CPU time per answer. Only documented hooks are used: the `json_loads` argument,
+    `check_response`, which every aiogram session calls to parse an answer, and a request
+    middleware (:class:`QuietChatActions`).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -30,6 +40,7 @@ class BotSession(AiohttpSession):
         kwargs.setdefault("json_loads", orjson.loads)
         super().__init__(**kwargs)
         self._response_models: dict[Any, type[Any]] = {}
+        self.middleware(QuietChatActions())
 
     def check_response(
         self,
@@ -53,3 +64,29 @@ class BotSession(AiohttpSession):
                 self._response_models[returning] = Response[returning]
         except TypeError:  # an unhashable return annotation: nothing to pin it by
             pass
+
+
+class QuietChatActions(BaseRequestMiddleware):
+    """A Bot API request middleware: a refused chat action is logged, not raised.
+
+    A chat action is only a courtesy. aiogram's ChatActionSender sends it from a background
+    task that nobody awaits, so an error there (the bot was blocked, a 429, a network error)
+    would end the task with "Task exception was never retrieved" in the log. Refused, the
+    indicator just lapses within five seconds, and the answer's own delivery deals with the
+    chat. Every other call passes through untouched.
+    """
+
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Any:  # aiogram's sessions pass the call's result through their middlewares
+        """Make the call; for a chat action, answer False instead of raising."""
+        try:
+            return await make_request(bot, method)
+        except (TelegramAPIError, ClientDecodeError) as exc:
+            if not isinstance(method, SendChatAction):
+                raise
+            logger.debug("chat %s: chat action %s refused: %s", method.chat_id, method.action, exc)
+            return False

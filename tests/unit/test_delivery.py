@@ -35,7 +35,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.telegram.delivery import CHAT_ACTION_RENEW_SECONDS, Delivery, DeliveryPolicy, Outcome
 from bot.telegram.pacing import FloodGate
-from bot.telegram.session import BotSession
+from bot.telegram.session import BotSession, QuietChatActions
 from bot.telegram.streaming import TelegramReplyWriter
 
 TOKEN = "42:TEST"
@@ -145,6 +145,7 @@ class Rig:
 def rig() -> Rig:
     t = FakeTime()
     session = ScriptedSession(t)
+    session.middleware(QuietChatActions())  # as the bot's own session (BotSession) carries
     gate = FloodGate(global_rate=1000, clock=t.clock, sleep=t.sleep)
     bot = Bot(token=TOKEN, session=session)
     delivery = Delivery(bot=bot, gate=gate, policy=DeliveryPolicy(attempts=4), sleep=t.backoff)

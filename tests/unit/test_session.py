@@ -10,7 +10,7 @@ from aiogram import Bot
 from aiogram.enums import ChatAction
 from aiogram.methods import SendChatAction
 
-from bot.telegram.session import BotSession
+from bot.telegram.session import BotSession, QuietChatActions
 
 
 def test_a_response_model_outlives_the_responses_parsed_with_it() -> None:
@@ -25,3 +25,7 @@ def test_a_response_model_outlives_the_responses_parsed_with_it() -> None:
     # pydantic caches it only weakly: without the session's reference the next call would
     # spend milliseconds building it again.
     assert model() is not None
+
+
+def test_the_session_carries_the_chat_action_policy() -> None:
+    assert any(isinstance(m, QuietChatActions) for m in BotSession().middleware)
