@@ -6,9 +6,10 @@ from aiogram import F, Router
 from aiogram.types import Message
 
 from bot.i18n import _
-from bot.services.chat import ChatRequest, ChatService
+from bot.services.chat import ChatService
 from bot.telegram.filters import GROUP_TYPES, Addressed, NotFromBot
 from bot.telegram.replies import Replies
+from bot.telegram.requests import chat_request
 
 MEDIA_TYPES = frozenset(
     {
@@ -45,18 +46,7 @@ async def converse(
     """Stream the model's answer to a text message."""
     if not prompt or message.from_user is None:
         return  # empty text (e.g. only the bot's @mention) is ignored
-    user = message.from_user
-    request = ChatRequest(
-        chat_id=message.chat.id,
-        chat_type=message.chat.type,
-        chat_title=message.chat.title,
-        user_id=user.id,
-        user_full_name=user.full_name,
-        username=user.username,
-        language_code=user.language_code,
-        text=prompt,
-        message_id=message.message_id,
-    )
+    request = chat_request(message, message.from_user, prompt)
     await chat_service.reply(request=request, sink=replies.writer(message))
 
 

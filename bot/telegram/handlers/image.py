@@ -11,9 +11,10 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from bot.i18n import _
-from bot.services.images import ImageRefusal, ImageRequest, ImageService
+from bot.services.images import ImageRefusal, ImageService
 from bot.telegram.filters import NotFromBot
 from bot.telegram.replies import Replies
+from bot.telegram.requests import image_request
 
 
 async def draw(
@@ -29,17 +30,7 @@ async def draw(
         )
         await replies.text(message, text)
         return
-    user = message.from_user
-    request = ImageRequest(
-        chat_id=message.chat.id,
-        chat_type=message.chat.type,
-        chat_title=message.chat.title,
-        user_id=user.id,
-        user_full_name=user.full_name,
-        username=user.username,
-        language_code=user.language_code,
-        prompt=prompt,
-    )
+    request = image_request(message, message.from_user, prompt)
     # "sending a photo…" is shown from the backend request (once the checks have passed)
     # until the photo is in the chat.
     upload_photo = replies.chat_action(message, ChatAction.UPLOAD_PHOTO)
