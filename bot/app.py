@@ -20,7 +20,7 @@ from bot.config import Settings
 from bot.db.engine import create_engine, create_report_engine, create_sessionmaker, migrate
 from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
 from bot.llm.images import ImageClient
-from bot.llm.transport import AiohttpTransport
+from bot.llm.transport import backend_http_client
 from bot.services.chat import ChatConfig, ChatService
 from bot.services.directory import Directory
 from bot.services.images import ImageConfig, ImageService
@@ -70,10 +70,7 @@ async def build_app(settings: Settings) -> App:
     report_sessions = create_sessionmaker(report_engine) if report_engine else sessions
 
     # One pooled client for every backend call; streams are long-lived, so allow many at once.
-    http = httpx.AsyncClient(
-        transport=AiohttpTransport(max_connections=4096),
-        headers={"User-Agent": "llm-telegram-bot"},
-    )
+    http = backend_http_client(max_connections=4096, headers={"User-Agent": "llm-telegram-bot"})
     llm = LLMClient(
         http=http,
         base_url=settings.llm_base_url,
@@ -85,9 +82,6 @@ async def build_app(settings: Settings) -> App:
             total=settings.llm_total_timeout,
         ),
         retry=RetryPolicy(max_retries=settings.llm_max_retries),
-        # A streaming answer is read no more often than a private chat can show it: the events
-        # in between come together with the next read (see bot.llm.transport).
-        read_interval=settings.edit_interval_private,
     )
     # Chats and users as stored, shared by every service that stores them.
     directory = Directory()

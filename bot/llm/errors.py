@@ -24,6 +24,10 @@ class LLMProtocolError(LLMError):
     """The backend answered something that is not a valid OpenAI-compatible response."""
 
 
+class LLMResponseTooLargeError(LLMProtocolError):
+    """The backend sent a line or an answer past the bounds the client reads."""
+
+
 class LLMImageDownloadError(LLMUnavailableError):
     """The image the backend linked to could not be downloaded; `status` if it answered."""
 

@@ -22,37 +22,31 @@ import re
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
 
-# The error dialects are the chat client's: one parser for every backend answer.
-from bot.llm.client import (
-    RetryPolicy,
-    _error_info,
-    _error_info_from_body,
-    _ErrorInfo,
-    _loads,
-    _parse_usage,
-    _read_error_body,
-    _retry_after,
-    _status_from_hints,
-    _str,
-    _Within,
+from bot.llm.dialects import (
+    ErrorInfo,
+    classify,
     is_wrapped_error,
+    loads,
+    nonempty_str,
+    parse_usage,
+    payload_error,
+    short_message,
+    status_error,
 )
-from bot.llm.client import _classify as _classify_status
 from bot.llm.errors import (
     LLMContentPolicyError,
     LLMError,
     LLMHTTPError,
     LLMImageDownloadError,
     LLMProtocolError,
-    LLMRateLimitError,
-    LLMTimeoutError,
-    LLMUnavailableError,
 )
+from bot.llm.policy import Retrying, RetryPolicy, Within, image_retryable
+from bot.llm.transport import as_httpx_error, read_capped, read_error_body, transport_error
 from bot.llm.types import Usage
 
 logger = logging.getLogger(__name__)
@@ -64,7 +58,6 @@ ImageApiSetting = Literal["auto", "images", "chat"]
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 # A base64 body is a third larger than the image it carries, plus a little JSON.
 _MAX_BODY_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 64 * 1024
-_MESSAGE_LIMIT = 300
 
 _POLICY_RE = re.compile(
     r"content[_ ]policy|safety system|moderation_blocked|content[_ ]filter"
@@ -72,8 +65,6 @@ _POLICY_RE = re.compile(
     re.IGNORECASE,
 )
 _MARKDOWN_IMAGE_RE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?[^)]*\)")
-
-T = TypeVar("T")
 
 
 def choose_image_api(setting: ImageApiSetting, model: str) -> ImageApi:
@@ -189,8 +180,7 @@ class ImageClient:
         self._api_key = api_key or None
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._retry = retry or RetryPolicy()
-        self._sleep = sleep
+        self._retrying = Retrying(retry or RetryPolicy(), image_retryable, sleep, "image call")
         self._max_bytes = max_bytes
 
     async def generate(
@@ -208,23 +198,23 @@ class ImageClient:
         url: str | None
         usage: Usage | None = None
         declared: str | None = None
-        async with _Within(deadline, "total", self._timeout):
+        async with Within(deadline, "total", self._timeout):
             if api == "chat":
                 chat = _chat_payload(model, prompt)
-                answer = await self._retrying(
+                answer = await self._retrying.call(
                     lambda: self._post("/chat/completions", chat), deadline
                 )
                 data, url = None, _picture_link(answer)
             else:
                 request = _images_payload(model, prompt, size)
-                answer = await self._retrying(
+                answer = await self._retrying.call(
                     lambda: self._post("/images/generations", request), deadline
                 )
                 data, url = _images_item(answer)
-                usage = _parse_usage(answer.get("usage"))
+                usage = parse_usage(answer.get("usage"))
             if data is None and url is not None:
                 link = url
-                data, declared = await self._retrying(lambda: self._fetch(link), deadline)
+                data, declared = await self._retrying.call(lambda: self._fetch(link), deadline)
             if data is None:
                 raise LLMProtocolError("backend's image answer holds no image")
         return _image(data, declared, usage)
@@ -242,13 +232,14 @@ class ImageClient:
                 timeout=self._httpx_timeout(),
             ) as response:
                 if not response.is_success:
-                    body = await _read_error_body(response)
+                    body = await read_error_body(response)
                     raise self._status_error(response, body)
-                body = await _read_capped(response, _MAX_BODY_BYTES, "backend's image answer")
+                body = await read_capped(response, _MAX_BODY_BYTES, "backend's image answer")
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise self._transport_error(exc) from exc
+            plain = as_httpx_error(exc)
+            raise self._transport_error(plain) from plain
         try:
-            document = _loads(body)
+            document = loads(body)
         except ValueError as exc:
             raise LLMProtocolError("backend's image answer is not JSON") from exc
         if not isinstance(document, dict):
@@ -280,68 +271,42 @@ class ImageClient:
                         f"image download failed: HTTP {response.status_code}",
                         response.status_code,
                     )
-                data = await _read_capped(response, self._max_bytes, "the image")
+                data = await read_capped(response, self._max_bytes, "the image")
                 declared = response.headers.get("content-type")
-        except httpx.TimeoutException as exc:
-            raise LLMImageDownloadError("image download timed out") from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise LLMImageDownloadError(f"image download failed: {self._short(str(exc))}") from exc
+            raise self._download_error(exc) from exc
         return data, declared
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]], deadline: float) -> T:
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except LLMError as exc:
-                delay = self._retry.delay(exc, attempt, deadline) if _is_retryable(exc) else None
-                if delay is None:
-                    raise
-                logger.warning(
-                    "image call failed (%s: %s); retry %d of %d in %.2fs",
-                    type(exc).__name__,
-                    exc,
-                    attempt + 1,
-                    self._retry.max_retries,
-                    delay,
-                )
-            attempt += 1
-            await self._sleep(delay)
 
     # -- errors ------------------------------------------------------------------------------
 
     def _status_error(self, response: httpx.Response, body: bytes) -> LLMHTTPError:
-        status = response.status_code
-        info = _error_info_from_body(body)
-        message = self._short(info.message or response.reason_phrase or "no details")
-        retry_after = _retry_after(response.headers) if status == 429 else None
-        return _classify(status, message, info, retry_after)
+        return status_error(
+            response.status_code,
+            response.reason_phrase,
+            response.headers,
+            body,
+            secret=self._api_key,
+            classifier=_classify,
+        )
 
     def _payload_error(self, payload: Any) -> LLMHTTPError:
-        info = _error_info(payload)
-        message = self._short(info.message or "backend reported an error")
-        return _classify(_status_from_hints(info), message, info, None)
+        return payload_error(payload, secret=self._api_key, classifier=_classify)
 
     def _transport_error(self, exc: Exception) -> LLMError:
-        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-            return LLMTimeoutError("connect", self._connect_timeout)
-        if isinstance(exc, httpx.TimeoutException):
-            return LLMTimeoutError("total", self._timeout)
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-            return LLMUnavailableError(f"backend URL is not usable: {self._short(str(exc))}")
-        if isinstance(exc, httpx.ConnectError | httpx.ProxyError):
-            return LLMUnavailableError(
-                f"could not connect to the backend: {self._short(str(exc))}"
-            )
-        return LLMUnavailableError("connection to the backend was lost")
+        return transport_error(
+            exc,
+            connect_seconds=self._connect_timeout,
+            read_phase="total",
+            read_seconds=self._timeout,
+            secret=self._api_key,
+        )
 
-    def _short(self, text: str) -> str:
-        text = " ".join(text.split())
-        if self._api_key and len(self._api_key) >= 8:
-            text = text.replace(self._api_key, "***")
-        if len(text) > _MESSAGE_LIMIT:
-            text = text[: _MESSAGE_LIMIT - 1].rstrip() + "…"
-        return text
+    def _download_error(self, exc: Exception) -> LLMImageDownloadError:
+        plain = as_httpx_error(exc)
+        if isinstance(plain, httpx.TimeoutException):
+            return LLMImageDownloadError("image download timed out")
+        detail = short_message(str(plain), secret=self._api_key)
+        return LLMImageDownloadError(f"image download failed: {detail}")
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -376,9 +341,9 @@ def _images_item(payload: dict[str, Any]) -> tuple[bytes | None, str | None]:
     if not isinstance(items, list) or not items or not isinstance(items[0], dict):
         raise LLMProtocolError("backend's image answer holds no image")
     item = items[0]
-    if encoded := _str(item.get("b64_json")):
+    if encoded := nonempty_str(item.get("b64_json")):
         return _b64(encoded), None
-    if url := _str(item.get("url")):
+    if url := nonempty_str(item.get("url")):
         return None, url
     raise LLMProtocolError("backend's image answer holds neither b64_json nor url")
 
@@ -386,7 +351,7 @@ def _images_item(payload: dict[str, Any]) -> tuple[bytes | None, str | None]:
 def _picture_link(payload: dict[str, Any]) -> str:
     """The image link in a chat-style answer, whichever of the known shapes it uses."""
     data = payload.get("data")
-    if isinstance(data, dict) and (pic := _str(data.get("pic"))):
+    if isinstance(data, dict) and (pic := nonempty_str(data.get("pic"))):
         return pic  # akashchat: {"code": 200, "data": {"pic": URL, ...}}
     choices = payload.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -397,7 +362,7 @@ def _picture_link(payload: dict[str, Any]) -> str:
             if isinstance(images, list):
                 for image in images:
                     link = image.get("image_url") if isinstance(image, dict) else None
-                    if isinstance(link, dict) and (url := _str(link.get("url"))):
+                    if isinstance(link, dict) and (url := nonempty_str(link.get("url"))):
                         return url
             content = message.get("content")
             if isinstance(content, str) and (found := _MARKDOWN_IMAGE_RE.search(content)):
@@ -439,41 +404,16 @@ def _data_url(url: str) -> bytes:
         raise LLMProtocolError("backend's data: link is not valid base64") from exc
 
 
-async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise LLMProtocolError(f"{what} is larger than {limit // (1024 * 1024)} MB")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _same_origin(url: str, base_url: str) -> bool:
     a, b = urlsplit(url), urlsplit(base_url)
     return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
 
 
 def _classify(
-    status: int, message: str, info: _ErrorInfo, retry_after: float | None
+    status: int, message: str, info: ErrorInfo, retry_after: float | None
 ) -> LLMHTTPError:
     hints = f"{info.code or ''} {info.type or ''} {message}"
     if 400 <= status < 500 and status not in (401, 403, 404, 429) and _POLICY_RE.search(hints):
         # OpenAI: 400 `content_policy_violation` ("...rejected by our safety system").
         return LLMContentPolicyError(status, message, info.code)
-    return _classify_status(status, message, info.code, info.type, retry_after)
-
-
-def _is_retryable(exc: LLMError) -> bool:
-    if isinstance(exc, LLMRateLimitError):
-        return True
-    if isinstance(exc, LLMTimeoutError):
-        return exc.phase == "connect"
-    if isinstance(exc, LLMImageDownloadError):
-        # Fetching is idempotent and the image is already paid for; a 4xx will not heal.
-        return exc.status is None or exc.status >= 500 or exc.status in (408, 429)
-    if isinstance(exc, LLMUnavailableError):
-        # Only a refused connection proves the request never reached the backend.
-        return isinstance(exc.__cause__, httpx.ConnectError)
-    return False
+    return classify(status, message, info, retry_after)

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-import bot.llm.client as client_module
-from bot.llm.client import RETRY_AFTER_CAP, LLMClient, LLMTimeouts, RetryPolicy
+from bot.llm.client import LLMClient, LLMTimeouts
+from bot.llm.dialects import retry_after
 from bot.llm.errors import (
     LLMAuthError,
     LLMBadRequestError,
@@ -30,6 +30,7 @@ from bot.llm.errors import (
     LLMTimeoutError,
     LLMUnavailableError,
 )
+from bot.llm.policy import RETRY_AFTER_CAP, RetryPolicy
 from bot.llm.types import ChatEvent, ChatMessage, ModelInfo, StreamEnd, TextDelta, Usage
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
@@ -1081,13 +1082,10 @@ async def test_retry_that_would_pass_the_total_deadline_is_not_attempted(
     assert h.sleeps == []
 
 
-async def test_backoff_doubles_up_to_max_delay(
-    make: HarnessFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(client_module, "_full_jitter", lambda cap: cap)
+async def test_backoff_doubles_up_to_max_delay(make: HarnessFactory) -> None:
     h = make(
         fixture("mock-ai-api/error-503.json"),
-        retry=RetryPolicy(max_retries=4, base_delay=1.0, max_delay=5.0),
+        retry=RetryPolicy(max_retries=4, base_delay=1.0, max_delay=5.0, jitter=lambda cap: cap),
     )
 
     _, error = await failed_answer(h.client)
@@ -1151,7 +1149,7 @@ async def test_forbidden_is_never_retried(make: HarnessFactory) -> None:
 
 def test_retry_after_accepts_http_dates_and_durations() -> None:
     now = datetime(2026, 11, 21, 14, 52, 0, tzinfo=UTC)
-    parse = client_module._retry_after
+    parse = retry_after
 
     assert parse(httpx.Headers({"Retry-After": "Sat, 21 Nov 2026 14:52:30 GMT"}), now) == 30.0
     assert parse(httpx.Headers({"Retry-After": "Sat, 21 Nov 2026 14:00:00 GMT"}), now) == 0.0

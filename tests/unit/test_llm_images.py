@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.llm.client import RetryPolicy
 from bot.llm.errors import (
     LLMBadRequestError,
     LLMContentPolicyError,
@@ -25,6 +24,7 @@ from bot.llm.errors import (
     LLMTimeoutError,
 )
 from bot.llm.images import ImageApi, ImageClient, choose_image_api, sniff_image
+from bot.llm.policy import RetryPolicy
 from tests.fakes.openai import PNG_1X1, make_png
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
