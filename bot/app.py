@@ -13,7 +13,7 @@ import httpx
 from aiogram import Bot, Dispatcher
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot import i18n
 from bot.config import Settings
@@ -58,34 +58,78 @@ class App:
     tracker: InflightTracker
 
 
+@dataclass(frozen=True)
+class Services:
+    """The application's services, free of aiogram, handed to handlers by name."""
+
+    chat_service: ChatService
+    image_service: ImageService
+    usage_service: UsageService
+    model_service: ModelService
+    language_service: LanguageService
+
+
 async def build_app(settings: Settings) -> App:
     """Create the database (migrated), HTTP client, services, bot and dispatcher."""
     # Compiled now, so a broken translation file stops the bot at start, not at a message.
     i18n.catalogues()
     engine = create_engine(settings.database_url)
     await migrate(engine)
-    sessions = create_sessionmaker(engine)
-    # Usage sums read many records; on SQLite they get a connection and a thread of their own.
+    # Usage sums read many records; on a SQLite file they get a connection of their own.
     report_engine = create_report_engine(settings.database_url)
-    report_sessions = create_sessionmaker(report_engine) if report_engine else sessions
-
     # One pooled client for every backend call; streams are long-lived, so allow many at once.
     http = backend_http_client(max_connections=4096, headers={"User-Agent": "llm-telegram-bot"})
+    services = build_services(
+        settings,
+        sessions=create_sessionmaker(engine),
+        report_sessions=create_sessionmaker(report_engine or engine),
+        http=http,
+    )
+    bot = build_bot(settings)
+    tracker = InflightTracker()
+    dispatcher = build_dispatcher(settings, services, bot=bot, tracker=tracker)
+    app = App(
+        settings=settings,
+        engine=engine,
+        report_engine=report_engine,
+        http=http,
+        bot=bot,
+        dispatcher=dispatcher,
+        tracker=tracker,
+    )
+    dispatcher["app"] = app
+    dispatcher.startup.register(_on_startup)
+    # Knowing context sizes early sets the right history budget before anyone runs /model.
+    dispatcher.startup.register(services.model_service.warm_up)
+    # Before _on_shutdown closes the HTTP client the list may still be loading through.
+    dispatcher.shutdown.register(services.model_service.close)
+    dispatcher.shutdown.register(_on_shutdown)
+    return app
+
+
+def build_services(
+    settings: Settings,
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    report_sessions: async_sessionmaker[AsyncSession],
+    http: httpx.AsyncClient,
+) -> Services:
+    """The services, sharing one Directory of chats and users and one backend client."""
+    retry = RetryPolicy(max_retries=settings.llm_max_retries)
     llm = LLMClient(
         http=http,
         base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+        api_key=settings.api_key(),
         timeouts=LLMTimeouts(
             connect=settings.llm_connect_timeout,
             first_token=settings.llm_first_token_timeout,
             idle=settings.llm_idle_timeout,
             total=settings.llm_total_timeout,
         ),
-        retry=RetryPolicy(max_retries=settings.llm_max_retries),
+        retry=retry,
     )
-    # Chats and users as stored, shared by every service that stores them.
     directory = Directory()
-    model_service = ModelService(
+    models = ModelService(
         sessions=sessions,
         directory=directory,
         llm=llm,
@@ -93,7 +137,62 @@ async def build_app(settings: Settings) -> App:
         allowed=settings.llm_models,
         cache_seconds=settings.models_cache_seconds,
     )
-    usage_policy = UsagePolicy(
+    policy = _usage_policy(settings)
+    settled = SettledUsage()
+    budgets = BudgetService(sessions=report_sessions, policy=policy, settled=settled)
+    chat_service = ChatService(
+        sessions=sessions,
+        directory=directory,
+        llm=llm,
+        tokens=TokenCounter(),
+        budgets=budgets,
+        context_window_for=models.context_window,
+        config=ChatConfig(
+            default_model=settings.llm_model,
+            system_prompt=settings.system_prompt,
+            max_tokens=settings.max_tokens,
+            temperature=settings.temperature,
+            history_token_budget=settings.history_token_budget,
+            context_window=settings.context_window,
+        ),
+    )
+    images = ImageClient(
+        http=http,
+        base_url=settings.llm_base_url,
+        api_key=settings.api_key(),
+        timeout=settings.image_timeout,
+        connect_timeout=settings.llm_connect_timeout,
+        retry=retry,
+    )
+    image_service = ImageService(
+        sessions=sessions,
+        directory=directory,
+        budgets=budgets,
+        images=images,
+        config=ImageConfig(
+            model=settings.image_model,
+            api=settings.image_api,
+            size=settings.image_size,
+            cooldown_seconds=settings.image_cooldown_seconds,
+            daily_limit=settings.image_daily_limit,
+            exempt_user_ids=frozenset(settings.owner_ids),
+        ),
+    )
+    return Services(
+        chat_service=chat_service,
+        image_service=image_service,
+        usage_service=UsageService(sessions=report_sessions, policy=policy, settled=settled),
+        model_service=models,
+        language_service=LanguageService(
+            sessions=sessions,
+            directory=directory,
+            default_language=settings.default_language or None,
+        ),
+    )
+
+
+def _usage_policy(settings: Settings) -> UsagePolicy:
+    return UsagePolicy(
         prices=settings.price_list(),
         timezone=settings.usage_tzinfo(),
         user_limits=Limits(
@@ -110,78 +209,37 @@ async def build_app(settings: Settings) -> App:
         ),
         exempt_user_ids=frozenset(settings.owner_ids),
     )
-    settled = SettledUsage()
-    usage_service = UsageService(sessions=report_sessions, policy=usage_policy, settled=settled)
-    language_service = LanguageService(
-        sessions=sessions,
-        directory=directory,
-        default_language=settings.default_language or None,
-    )
-    budgets = BudgetService(sessions=report_sessions, policy=usage_policy, settled=settled)
-    chat_service = ChatService(
-        sessions=sessions,
-        directory=directory,
-        llm=llm,
-        tokens=TokenCounter(),
-        budgets=budgets,
-        context_window_for=model_service.context_window,
-        config=ChatConfig(
-            default_model=settings.llm_model,
-            system_prompt=settings.system_prompt,
-            max_tokens=settings.max_tokens,
-            temperature=settings.temperature,
-            history_token_budget=settings.history_token_budget,
-            context_window=settings.context_window,
-        ),
-    )
-    image_service = ImageService(
-        sessions=sessions,
-        directory=directory,
-        budgets=budgets,
-        images=ImageClient(
-            http=http,
-            base_url=settings.llm_base_url,
-            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
-            timeout=settings.image_timeout,
-            connect_timeout=settings.llm_connect_timeout,
-            retry=RetryPolicy(max_retries=settings.llm_max_retries),
-        ),
-        config=ImageConfig(
-            model=settings.image_model,
-            api=settings.image_api,
-            size=settings.image_size,
-            cooldown_seconds=settings.image_cooldown_seconds,
-            daily_limit=settings.image_daily_limit,
-            exempt_user_ids=frozenset(settings.owner_ids),
-        ),
-    )
 
+
+def build_bot(settings: Settings) -> Bot:
+    """The Bot API client, with the models of the calls it makes built before the first one."""
     session = BotSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
     build_hot_models()
     session.pin_response_models(hot_methods())
-    bot = Bot(token=settings.bot_token.get_secret_value(), session=session)
+    return Bot(token=settings.bot_token.get_secret_value(), session=session)
+
+
+def build_dispatcher(
+    settings: Settings, services: Services, *, bot: Bot, tracker: InflightTracker
+) -> Dispatcher:
+    """The dispatcher: middlewares in their order, then the routers, the conversation last."""
     gate = FloodGate(
         private_interval=settings.edit_interval_private,
         group_interval=settings.edit_interval_group,
         global_rate=settings.telegram_rate_limit,
     )
-    tracker = InflightTracker()
     dispatcher = Dispatcher(
         disable_fsm=True,  # no conversation states: skip the FSM lookups on every update
-        chat_service=chat_service,
-        image_service=image_service,
-        usage_service=usage_service,
-        model_service=model_service,
-        language_service=language_service,
         replies=Replies(bot=bot, gate=gate),
         settings=settings,
+        **vars(services),
     )
     dispatcher.update.outer_middleware(tracker)
     dispatcher.message.outer_middleware(ChatSequencer())
     # After the sequencer (its first lookup of a user awaits the database, which must not let
     # a chat's later message overtake an earlier one) and before access control, so even the
     # refusal is in the sender's language.
-    locale = LocaleMiddleware(language_service)
+    locale = LocaleMiddleware(services.language_service)
     dispatcher.message.outer_middleware(locale)
     dispatcher.callback_query.outer_middleware(locale)
     access = AccessMiddleware(
@@ -201,23 +259,7 @@ async def build_app(settings: Settings) -> App:
         image.build_router(),
         chat.build_router(),
     )
-    app = App(
-        settings=settings,
-        engine=engine,
-        report_engine=report_engine,
-        http=http,
-        bot=bot,
-        dispatcher=dispatcher,
-        tracker=tracker,
-    )
-    dispatcher["app"] = app
-    dispatcher.startup.register(_on_startup)
-    # Knowing context sizes early sets the right history budget before anyone runs /model.
-    dispatcher.startup.register(model_service.warm_up)
-    # Before _on_shutdown closes the HTTP client the list may still be loading through.
-    dispatcher.shutdown.register(model_service.close)
-    dispatcher.shutdown.register(_on_shutdown)
-    return app
+    return dispatcher
 
 
 async def _on_startup(app: App) -> None:
