@@ -42,7 +42,7 @@ from sqlalchemy import event, insert, text  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine  # noqa: E402
 
 from bot.db import Chat, User, create_engine, create_sessionmaker, migrate  # noqa: E402
-from bot.db.engine import create_report_engine  # noqa: E402
+from bot.db.engine import create_read_engine  # noqa: E402
 from bot.pricing import Price, PriceList  # noqa: E402
 from bot.services.usage import BudgetService, Limits, UsagePolicy, UsageService  # noqa: E402
 
@@ -208,7 +208,7 @@ async def run(args: argparse.Namespace) -> None:
                     await conn.execute(text("ANALYZE"))
                 print("ran ANALYZE")
             # As in the bot: the sums run on the report engine where there is one.
-            report_engine = create_report_engine(url)
+            report_engine = create_read_engine(url)
             sessions = create_sessionmaker(report_engine or engine)
             policy = UsagePolicy(prices=PRICES, user_limits=LIMITS, bot_limits=LIMITS)
             usage = UsageService(sessions=sessions, policy=policy)

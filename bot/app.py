@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot import i18n
 from bot.config import Settings
-from bot.db.engine import create_engine, create_report_engine, create_sessionmaker, migrate
+from bot.db.engine import create_engine, create_read_engine, create_sessionmaker, migrate
 from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
 from bot.llm.images import ImageClient
 from bot.llm.transport import backend_http_client
@@ -51,7 +51,7 @@ class App:
 
     settings: Settings
     engine: AsyncEngine
-    report_engine: AsyncEngine | None
+    read_engine: AsyncEngine | None
     http: httpx.AsyncClient
     bot: Bot
     dispatcher: Dispatcher
@@ -75,14 +75,15 @@ async def build_app(settings: Settings) -> App:
     i18n.catalogues()
     engine = create_engine(settings.database_url)
     await migrate(engine)
-    # Usage sums read many records; on a SQLite file they get a connection of their own.
-    report_engine = create_report_engine(settings.database_url)
+    # Reads that write nothing (history of known chats, languages, usage sums) run side by side
+    # on read-only connections of a SQLite file, instead of queueing behind the writes.
+    read_engine = create_read_engine(settings.database_url)
     # One pooled client for every backend call; streams are long-lived, so allow many at once.
     http = backend_http_client(max_connections=4096, headers={"User-Agent": "llm-telegram-bot"})
     services = build_services(
         settings,
         sessions=create_sessionmaker(engine),
-        report_sessions=create_sessionmaker(report_engine or engine),
+        read_sessions=create_sessionmaker(read_engine or engine),
         http=http,
     )
     bot = build_bot(settings)
@@ -91,7 +92,7 @@ async def build_app(settings: Settings) -> App:
     app = App(
         settings=settings,
         engine=engine,
-        report_engine=report_engine,
+        read_engine=read_engine,
         http=http,
         bot=bot,
         dispatcher=dispatcher,
@@ -111,7 +112,7 @@ def build_services(
     settings: Settings,
     *,
     sessions: async_sessionmaker[AsyncSession],
-    report_sessions: async_sessionmaker[AsyncSession],
+    read_sessions: async_sessionmaker[AsyncSession],
     http: httpx.AsyncClient,
 ) -> Services:
     """The services, sharing one Directory of chats and users and one backend client."""
@@ -139,9 +140,10 @@ def build_services(
     )
     policy = _usage_policy(settings)
     settled = SettledUsage()
-    budgets = BudgetService(sessions=report_sessions, policy=policy, settled=settled)
+    budgets = BudgetService(sessions=read_sessions, policy=policy, settled=settled)
     chat_service = ChatService(
         sessions=sessions,
+        read_sessions=read_sessions,
         directory=directory,
         llm=llm,
         tokens=TokenCounter(),
@@ -181,10 +183,11 @@ def build_services(
     return Services(
         chat_service=chat_service,
         image_service=image_service,
-        usage_service=UsageService(sessions=report_sessions, policy=policy, settled=settled),
+        usage_service=UsageService(sessions=read_sessions, policy=policy, settled=settled),
         model_service=models,
         language_service=LanguageService(
             sessions=sessions,
+            read_sessions=read_sessions,
             directory=directory,
             default_language=settings.default_language or None,
         ),
@@ -292,8 +295,8 @@ async def _on_shutdown(app: App) -> None:
 
 
 async def _dispose_engines(app: App) -> None:
-    if app.report_engine is not None:
-        await app.report_engine.dispose()
+    if app.read_engine is not None:
+        await app.read_engine.dispose()
     await app.engine.dispose()
 
 

@@ -29,12 +29,16 @@ SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
 )
 
-# The report connection only reads; it leaves the journal mode to the main connection.
-REPORT_PRAGMAS = ("PRAGMA busy_timeout=10000", "PRAGMA query_only=ON")
+# Read connections only read; they leave the journal mode to the main connection.
+READ_PRAGMAS = ("PRAGMA busy_timeout=10000", "PRAGMA query_only=ON")
 
 # How long a transaction may wait for the SQLite connection before failing. Transactions are
 # short (no network I/O inside), so even a thousand queued chats get their turn well within it.
 SQLITE_POOL_TIMEOUT_S = 120.0
+
+# Read-only connections of a SQLite file, each with its driver thread: enough for a burst of
+# messages to read their chats' history side by side while a report runs.
+READ_POOL_SIZE = 4
 
 POSTGRES_POOL_SIZE = 10
 POSTGRES_MAX_OVERFLOW = 20
@@ -72,22 +76,27 @@ def create_engine(url: str | URL) -> AsyncEngine:
     )
 
 
-def create_report_engine(url: str | URL) -> AsyncEngine | None:
-    """An engine for long read-only queries (usage sums), or None where the main one serves.
+def create_read_engine(url: str | URL) -> AsyncEngine | None:
+    """An engine for reads that write nothing, or None where the main one serves.
 
-    A SQLite file's main engine has one connection, taken by one transaction at a time; a sum
-    over a month of usage records would hold up every conversation meanwhile. Those run here,
-    on a read-only connection of their own, in deferred transactions that never take the write
-    lock (with WAL, readers and the writer do not wait for each other). PostgreSQL pools many
-    connections, and an in-memory database cannot be shared between connections, so both use
-    the main engine.
+    A SQLite file's main engine has one connection, and each of its transactions takes the
+    write lock (see `_create_sqlite_engine`), so its transactions run one after another. Reads
+    need neither: here READ_POOL_SIZE read-only connections run them side by side, in deferred
+    transactions that never take the write lock (with WAL, readers and the writer do not wait
+    for each other, and a reader sees everything committed before it began). The history of a
+    known chat, the users' languages, the usage reports and the budget checks read here, so a
+    burst of messages or a long report never queues behind the writes. PostgreSQL pools many
+    connections itself, and an in-memory database cannot be shared between connections, so
+    both use the main engine.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite" or _in_memory(parsed):
         return None
-    engine = _sqlite_file_engine(parsed)
-    event.listen(engine.sync_engine, "connect", _on_report_connect)
-    event.listen(engine.sync_engine, "begin", _on_report_begin)
+    engine = create_async_engine(
+        parsed, pool_size=READ_POOL_SIZE, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S
+    )
+    event.listen(engine.sync_engine, "connect", _on_read_connect)
+    event.listen(engine.sync_engine, "begin", _on_read_begin)
     return engine
 
 
@@ -134,8 +143,8 @@ def _on_sqlite_connect(dbapi_connection: Any, connection_record: ConnectionPoolE
     _pragmas(dbapi_connection, SQLITE_PRAGMAS)
 
 
-def _on_report_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
-    _pragmas(dbapi_connection, REPORT_PRAGMAS)
+def _on_read_connect(dbapi_connection: Any, connection_record: ConnectionPoolEntry) -> None:
+    _pragmas(dbapi_connection, READ_PRAGMAS)
 
 
 def _pragmas(dbapi_connection: Any, pragmas: Sequence[str]) -> None:
@@ -153,7 +162,7 @@ def _on_sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _on_report_begin(connection: Connection) -> None:
+def _on_read_begin(connection: Connection) -> None:
     # Deferred: a read transaction sees one snapshot and never holds up the writer.
     connection.exec_driver_sql("BEGIN")
 

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.repositories import (
+    ChatRecord,
     NewTurn,
     NewUsage,
     TurnRecord,
@@ -118,8 +119,11 @@ class ChatService:
         clock: Callable[[], float] = time.monotonic,
         budgets: BudgetService | None = None,
         directory: Directory | None = None,
+        read_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
+        """`read_sessions`: read-only sessions for reads that write nothing (else `sessions`)."""
         self._sessions = sessions
+        self._read_sessions = read_sessions or sessions
         self._budgets = budgets
         # Shared with the other services that store chats and users; without one, none is kept.
         self._directory = directory or Directory(capacity=0)
@@ -294,7 +298,25 @@ class ChatService:
         await sink.finish(note="\n".join(notes) or None)
 
     async def _load(self, request: ChatRequest) -> tuple[str, list[TurnRecord]] | None:
+        """The chat's model and the history that fits, or None if the message was answered.
+
+        A chat and user stored as Telegram reports them need no write: their history is read
+        on a read-only connection, side by side with other chats' reads. Otherwise they are
+        stored first, in a write transaction.
+        """
         directory = self._directory
+        chat = directory.known_chat(
+            chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
+        )
+        user = directory.known_user(
+            user_id=request.user_id,
+            username=request.username,
+            full_name=request.user_full_name,
+            language_code=request.language_code,
+        )
+        if chat is not None and user is not None:
+            async with self._read_sessions() as session, session.begin():
+                return await self._history(session, request, chat)
         async with self._sessions() as session, session.begin():
             chat = await directory.chat(
                 session, chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
@@ -306,22 +328,28 @@ class ChatService:
                 full_name=request.user_full_name,
                 language_code=request.language_code,
             )
-            turns = TurnRepository(session)
-            duplicate = request.message_id is not None and await turns.has_message(
-                chat_id=request.chat_id, telegram_message_id=request.message_id
-            )
-            if duplicate:
-                return None
-            model = chat.model or self._config.default_model
-            # Only turns that can fit the prompt are read, so a long conversation costs no more
-            # to answer than one that just fills the budget.
-            history = await turns.recent(
-                chat_id=request.chat_id,
-                limit=self._config.history_max_turns,
-                token_budget=self._budget(model),
-                overhead=PER_MESSAGE_OVERHEAD,
-            )
+            loaded = await self._history(session, request, chat)
         directory.remember(chat, user)
+        return loaded
+
+    async def _history(
+        self, session: AsyncSession, request: ChatRequest, chat: ChatRecord
+    ) -> tuple[str, list[TurnRecord]] | None:
+        turns = TurnRepository(session)
+        duplicate = request.message_id is not None and await turns.has_message(
+            chat_id=request.chat_id, telegram_message_id=request.message_id
+        )
+        if duplicate:
+            return None
+        model = chat.model or self._config.default_model
+        # Only turns that can fit the prompt are read, so a long conversation costs no more to
+        # answer than one that just fills the budget.
+        history = await turns.recent(
+            chat_id=request.chat_id,
+            limit=self._config.history_max_turns,
+            token_budget=self._budget(model),
+            overhead=PER_MESSAGE_OVERHEAD,
+        )
         return model, history
 
     def _budget(self, model: str) -> int:

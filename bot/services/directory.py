@@ -34,12 +34,32 @@ class Directory:
         # None: read from the database and found absent (the user never wrote to the bot).
         self._users: OrderedDict[int, UserRecord | None] = OrderedDict()
 
+    def known_chat(self, *, chat_id: int, type: str, title: str | None) -> ChatRecord | None:
+        """The chat as stored, if it is stored just as Telegram reports it now; else None."""
+        known = _get(self._chats, chat_id)
+        if known is not None and (known.type, known.title) == (type, title):
+            return known
+        return None
+
+    def known_user(
+        self, *, user_id: int, username: str | None, full_name: str, language_code: str | None
+    ) -> UserRecord | None:
+        """The user as stored, if they are stored just as Telegram reports them now; else None."""
+        known = _get(self._users, user_id)
+        if known is not None and (known.username, known.full_name, known.language_code) == (
+            username,
+            full_name,
+            language_code,
+        ):
+            return known
+        return None
+
     async def chat(
         self, session: AsyncSession, *, chat_id: int, type: str, title: str | None
     ) -> ChatRecord:
         """The chat as stored, written in `session` first if it is new or has changed."""
-        known = _get(self._chats, chat_id)
-        if known is not None and (known.type, known.title) == (type, title):
+        known = self.known_chat(chat_id=chat_id, type=type, title=title)
+        if known is not None:
             return known
         return await ChatRepository(session).upsert(chat_id=chat_id, type=type, title=title)
 
@@ -53,11 +73,10 @@ class Directory:
         language_code: str | None,
     ) -> UserRecord:
         """The user as stored, written in `session` first if they are new or have changed."""
-        known = _get(self._users, user_id)
-        reported = (username, full_name, language_code)
-        if known is not None and (known.username, known.full_name, known.language_code) == (
-            reported
-        ):
+        known = self.known_user(
+            user_id=user_id, username=username, full_name=full_name, language_code=language_code
+        )
+        if known is not None:
             return known
         return await UserRepository(session).upsert(
             user_id=user_id, username=username, full_name=full_name, language_code=language_code

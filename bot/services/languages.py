@@ -27,8 +27,11 @@ class LanguageService:
         sessions: async_sessionmaker[AsyncSession],
         default_language: str | None = None,
         directory: Directory | None = None,
+        read_sessions: async_sessionmaker[AsyncSession] | None = None,
     ) -> None:
+        """`read_sessions`: read-only sessions for reads that write nothing (else `sessions`)."""
         self._sessions = sessions
+        self._read_sessions = read_sessions or sessions
         self._directory = directory or Directory(capacity=0)
         self._default = normalize(default_language)
 
@@ -38,7 +41,7 @@ class LanguageService:
 
     async def chosen(self, *, user_id: int) -> str | None:
         """The locale the user picked with /language, or None for automatic."""
-        user = await self._directory.stored_user(self._sessions, user_id=user_id)
+        user = await self._directory.stored_user(self._read_sessions, user_id=user_id)
         # A language no longer offered counts as no choice.
         return normalize(user.language) if user is not None else None
 

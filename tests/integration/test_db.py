@@ -29,7 +29,7 @@ from bot.db import (
     create_engine,
     create_sessionmaker,
 )
-from bot.db.engine import create_report_engine, normalize_url
+from bot.db.engine import create_read_engine, normalize_url
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -110,9 +110,9 @@ async def test_sqlite_engine_creates_missing_directory(tmp_path: Any) -> None:
 
 
 @pytest.fixture
-async def report_engine(sqlite_url: str, sqlite_engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
+async def read_engine(sqlite_url: str, sqlite_engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
     """The report engine on the same migrated SQLite file as `sqlite_engine`."""
-    engine = create_report_engine(sqlite_url)
+    engine = create_read_engine(sqlite_url)
     assert engine is not None
     try:
         yield engine
@@ -120,41 +120,41 @@ async def report_engine(sqlite_url: str, sqlite_engine: AsyncEngine) -> AsyncIte
         await engine.dispose()
 
 
-async def test_report_engine_reads_what_was_committed(
-    sqlite_engine: AsyncEngine, report_engine: AsyncEngine
+async def test_read_engine_reads_what_was_committed(
+    sqlite_engine: AsyncEngine, read_engine: AsyncEngine
 ) -> None:
     await add_chat(create_sessionmaker(sqlite_engine), 1)
-    async with create_sessionmaker(report_engine)() as session, session.begin():
+    async with create_sessionmaker(read_engine)() as session, session.begin():
         assert await ChatRepository(session).get(chat_id=1) == ChatRecord(
             id=1, type="private", title=None, model=None
         )
 
 
 async def test_open_report_does_not_hold_up_writes(
-    sqlite_engine: AsyncEngine, report_engine: AsyncEngine
+    sqlite_engine: AsyncEngine, read_engine: AsyncEngine
 ) -> None:
     sessions = create_sessionmaker(sqlite_engine)
     await add_chat(sessions, 1)
-    async with create_sessionmaker(report_engine)() as report, report.begin():
+    async with create_sessionmaker(read_engine)() as report, report.begin():
         assert await count(report, Chat) == 1
         # Without the write lock a reader leaves the writer free (busy_timeout is 10 s).
         await asyncio.wait_for(add_chat(sessions, 2), timeout=2)
         assert await count(report, Chat) == 1  # one snapshot for the whole report
-    async with create_sessionmaker(report_engine)() as report:
+    async with create_sessionmaker(read_engine)() as report:
         assert await count(report, Chat) == 2
 
 
-async def test_report_engine_cannot_write(report_engine: AsyncEngine) -> None:
+async def test_read_engine_cannot_write(read_engine: AsyncEngine) -> None:
     with pytest.raises(OperationalError, match="readonly"):
-        async with create_sessionmaker(report_engine)() as session, session.begin():
+        async with create_sessionmaker(read_engine)() as session, session.begin():
             await ChatRepository(session).upsert(chat_id=1, type="private", title=None)
 
 
-async def test_slow_report_leaves_the_event_loop_running(report_engine: AsyncEngine) -> None:
+async def test_slow_report_leaves_the_event_loop_running(read_engine: AsyncEngine) -> None:
     def add_slow_function(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.create_function("slow", 1, lambda s: time.sleep(s) or s)
 
-    event.listen(report_engine.sync_engine, "connect", add_slow_function)
+    event.listen(read_engine.sync_engine, "connect", add_slow_function)
     ticks = 0
 
     async def tick() -> None:
@@ -165,7 +165,7 @@ async def test_slow_report_leaves_the_event_loop_running(report_engine: AsyncEng
 
     ticker = asyncio.create_task(tick())
     try:
-        async with report_engine.connect() as conn:
+        async with read_engine.connect() as conn:
             assert (await conn.execute(text("SELECT slow(0.5)"))).scalar() == 0.5
     finally:
         ticker.cancel()
@@ -176,8 +176,8 @@ async def test_slow_report_leaves_the_event_loop_running(report_engine: AsyncEng
 @pytest.mark.parametrize(
     "url", ["sqlite+aiosqlite:///:memory:", "sqlite://", "postgresql://u@127.0.0.1/db"]
 )
-def test_report_engine_is_the_main_one_where_the_driver_allows(url: str) -> None:
-    assert create_report_engine(url) is None
+def test_read_engine_is_the_main_one_where_the_driver_allows(url: str) -> None:
+    assert create_read_engine(url) is None
 
 
 @pytest.mark.parametrize(
