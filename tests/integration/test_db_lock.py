@@ -16,8 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db import create_sessionmaker
+from bot.db.engine import create_read_engine
 from bot.llm.client import LLMClient, RetryPolicy
 from bot.services.chat import ChatConfig, ChatRequest, ChatService
+from bot.services.directory import Directory
 from bot.services.tokens import TokenCounter
 from tests.fakes.openai import FakeLLM, Stream
 from tests.fakes.sink import RecordingSink
@@ -66,13 +68,18 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def make_service(
-    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+    sessions: async_sessionmaker[AsyncSession],
+    read_sessions: async_sessionmaker[AsyncSession],
+    llm: FakeLLM,
+    http: httpx.AsyncClient,
 ) -> ChatService:
     client = LLMClient(
         http=http, base_url=llm.base_url, api_key=None, retry=RetryPolicy(max_retries=0)
     )
     return ChatService(
         sessions=sessions,
+        read_sessions=read_sessions,
+        directory=Directory(),
         llm=client,
         tokens=TokenCounter(),
         config=ChatConfig(
@@ -127,7 +134,9 @@ async def test_a_write_lock_held_elsewhere_stalls_no_chat_and_loses_nothing(
     sqlite_url: str, sqlite_engine: AsyncEngine, llm: FakeLLM, http: httpx.AsyncClient
 ) -> None:
     sessions = create_sessionmaker(sqlite_engine)
-    service = make_service(sessions, llm, http)
+    read_engine = create_read_engine(sqlite_url)
+    assert read_engine is not None
+    service = make_service(sessions, create_sessionmaker(read_engine), llm, http)
     # Both chats are known, so the lock-free part of each turn is the streaming itself.
     llm.enqueue(Stream.text("hello"), Stream.text("hello"))
     for chat_id in (1, 2):
@@ -138,7 +147,7 @@ async def test_a_write_lock_held_elsewhere_stalls_no_chat_and_loses_nothing(
     words = [f"word{i} " for i in range(30)]
     llm.enqueue(Stream(chunks=words, delay=0.1), Stream.text("second answer"))
     streaming = TimedSink()
-    waiting = RecordingSink()
+    waiting = TimedSink()
     path = sqlite_url.split("///", 1)[1]
     with LoopWatch() as watch:
         answer = asyncio.create_task(
@@ -156,7 +165,8 @@ async def test_a_write_lock_held_elsewhere_stalls_no_chat_and_loses_nothing(
         assert holder.stdout is not None
         assert await holder.stdout.readline() == b"locked\n"
         locked_at = time.monotonic()
-        # A message in another chat arrives while the lock is held: it waits, off the loop.
+        # A message in another known chat arrives while the lock is held: its history is read
+        # on a read-only connection, so it is answered at once; only its storing waits.
         other = asyncio.create_task(
             service.reply(request=request("short", chat_id=2, message_id=2), sink=waiting)
         )
@@ -164,11 +174,13 @@ async def test_a_write_lock_held_elsewhere_stalls_no_chat_and_loses_nothing(
         released_at = time.monotonic()
         assert await holder.wait() == 0
 
+    await read_engine.dispose()
     assert watch.longest < 0.1, f"the event loop stalled {watch.longest:.3f}s"
     # Chat 1 kept streaming while the other process held the lock.
     during = [t for t in streaming.times if locked_at < t < locked_at + LOCK_SECONDS - 0.5]
     assert len(during) >= 5
     assert "".join(streaming.pushed) == "".join(words)
+    assert waiting.times and waiting.times[0] < locked_at + LOCK_SECONDS - 0.5
     assert streaming.finished and waiting.finished
     assert released_at - locked_at >= LOCK_SECONDS - 0.5  # the writes waited for the lock
     # Nothing lost: both turns and both usage records were stored once the lock was gone.
