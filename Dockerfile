@@ -10,10 +10,17 @@ COPY bot ./bot
 RUN pip install --no-cache-dir --prefix=/install --no-deps .
 
 FROM python:3.11-slim
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 DATABASE_URL=sqlite:////data/bot.db
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
+    DATABASE_URL=sqlite:////data/bot.db HEARTBEAT_FILE=/tmp/bot-heartbeat
 COPY --from=build /install /usr/local
 RUN useradd --create-home --uid 10001 bot && mkdir /data && chown bot:bot /data
 USER bot
-WORKDIR /home/bot
+# The root as working directory: a relative DATABASE_URL from an --env-file made from
+# .env.example (sqlite:///data/bot.db) then lands in the /data volume too, not in a directory
+# that is lost with the container.
+WORKDIR /
 VOLUME ["/data"]
+# Healthy while the bot polls Telegram and its event loop runs (see bot/health.py).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
+    CMD ["python", "-m", "bot.health"]
 CMD ["python", "-m", "bot"]

@@ -8,6 +8,7 @@ import gc
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from aiogram import Bot, Dispatcher
@@ -15,7 +16,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from bot import i18n
+from bot import health, i18n
 from bot.config import Settings
 from bot.db.engine import create_engine, create_read_engine, create_sessionmaker, migrate
 from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
@@ -336,13 +337,22 @@ async def serve(app: App, *, handle_signals: bool = True, polling_timeout: int =
         await app.bot.session.close()
         logger.info("stopped before Telegram could be reached")
         return
-    await app.dispatcher.start_polling(
-        app.bot,
-        allowed_updates=ALLOWED_UPDATES,
-        handle_signals=handle_signals,
-        close_bot_session=True,
-        polling_timeout=polling_timeout,
-    )
+    beat = None
+    if app.settings.heartbeat_file:
+        beat = asyncio.create_task(health.heartbeat(Path(app.settings.heartbeat_file)))
+    try:
+        await app.dispatcher.start_polling(
+            app.bot,
+            allowed_updates=ALLOWED_UPDATES,
+            handle_signals=handle_signals,
+            close_bot_session=True,
+            polling_timeout=polling_timeout,
+        )
+    finally:
+        if beat is not None:
+            beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beat
 
 
 GC_THRESHOLDS = (50_000, 20, 20)

@@ -37,8 +37,11 @@ class TelegramSettings(BaseModel):
     edit_interval_private: float = Field(default=1.0, gt=0)
     edit_interval_group: float = Field(default=3.0, gt=0)
     telegram_rate_limit: float = Field(default=30.0, gt=0)
-    shutdown_grace: float = Field(default=20.0, ge=0)
+    # Seconds answers in flight may take after SIGTERM: within docker stop's 10 s.
+    shutdown_grace: float = Field(default=8.0, ge=0)
     log_level: str = "INFO"
+    # A file the bot touches while its event loop runs, for `python -m bot.health` (empty: off).
+    heartbeat_file: str = ""
 
     @field_validator("owner_ids", "allowed_user_ids", "allowed_chat_ids", mode="before")
     @classmethod

@@ -125,3 +125,17 @@ def test_model_allow_list_and_cache_time(monkeypatch: pytest.MonkeyPatch, tmp_pa
     with pytest.raises(ConfigError) as err:
         load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN, MODELS_CACHE_SECONDS="-1")
     assert str(err.value).startswith("MODELS_CACHE_SECONDS: ")
+
+
+def test_every_setting_is_documented_in_readme_and_env_example() -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Usage, costs")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    # One table without blank lines in it, so it renders as one.
+    first, last = table.index(rows[0]), table.index(rows[-1])
+    assert "\n\n" not in table[first:last]
+    env_example = (root / ".env.example").read_text()
+    for name in Settings.model_fields:
+        assert f"`{name.upper()}`" in "\n".join(rows), f"{name.upper()} missing from README"
+        assert f"{name.upper()}=" in env_example, f"{name.upper()} missing from .env.example"

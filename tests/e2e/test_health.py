@@ -1,0 +1,47 @@
+"""The container health check: fresh while the bot polls, stale once it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bot.health import healthy
+from tests.e2e.conftest import BotHarness
+
+
+def probe(path: Path | None, **env: str) -> int:
+    """Run the image's HEALTHCHECK command, `python -m bot.health`."""
+    environment = {k: v for k, v in os.environ.items() if k != "HEARTBEAT_FILE"}
+    if path is not None:
+        environment["HEARTBEAT_FILE"] = str(path)
+    environment.update(env)
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.health"], env=environment, capture_output=True, check=False
+    )
+    return done.returncode
+
+
+async def test_the_heartbeat_is_fresh_while_the_bot_polls_and_stale_after(
+    harness: BotHarness, tmp_path: Path
+) -> None:
+    path = tmp_path / "heartbeat"
+    await harness.start(heartbeat_file=str(path))
+    for _ in range(100):
+        if path.exists():
+            break
+        await asyncio.sleep(0.05)
+    assert healthy(path)
+    assert await asyncio.to_thread(probe, path) == 0
+    await harness.stop()
+    # A minute and more without a beat: the probe reports the bot unhealthy.
+    assert not healthy(path, now=time.time() + 120)
+    assert await asyncio.to_thread(probe, path, HEARTBEAT_MAX_AGE="0") == 1
+
+
+def test_without_a_heartbeat_file_the_probe_fails(tmp_path: Path) -> None:
+    assert probe(None) == 1
+    assert probe(tmp_path / "never-written") == 1
