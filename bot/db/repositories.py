@@ -8,6 +8,7 @@ session and nothing they return can go stale or trigger lazy loading.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +42,13 @@ USAGE_RECORDS = cast(Table, UsageRecord.__table__)
 TURN_ROLES = frozenset({"user", "assistant"})
 USAGE_KINDS = frozenset({"chat", "image"})
 USAGE_STATUSES = frozenset({"ok", "error", "interrupted"})
+# The most tokens (or images) one usage record may hold per column; the LLM client already
+# refuses larger figures from backends (bot.llm.dialects.MAX_USAGE_TOKENS, the same number).
+# Every stored figure within [0, MAX_USAGE_COUNT] keeps the columns (INTEGER, 32-bit on
+# PostgreSQL) and every SUM over them far from overflowing: see bot.db.usage_queries.
+MAX_USAGE_COUNT = 10_000_000
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,7 +426,11 @@ class UsageRepository:
         self._session = session
 
     async def add(self, record: NewUsage) -> None:
-        """Store one usage record; an overlong error text is cut to the column's length."""
+        """Store one usage record; an overlong error text is cut to the column's length.
+
+        Counts outside [0, MAX_USAGE_COUNT] are clamped (with a warning), so that no caller can
+        store a figure that overflows the column or the sums over it.
+        """
         if record.kind not in USAGE_KINDS:
             raise ValueError(f"usage kind must be one of {sorted(USAGE_KINDS)}")
         if record.status not in USAGE_STATUSES:
@@ -431,9 +443,9 @@ class UsageRepository:
             "chat_id": record.chat_id,
             "model": record.model,
             "kind": record.kind,
-            "prompt_tokens": record.prompt_tokens,
-            "completion_tokens": record.completion_tokens,
-            "images": record.images,
+            "prompt_tokens": _bounded_count("prompt_tokens", record.prompt_tokens),
+            "completion_tokens": _bounded_count("completion_tokens", record.completion_tokens),
+            "images": _bounded_count("images", record.images),
             "estimated": record.estimated,
             "status": record.status,
             "finish_reason": record.finish_reason,
@@ -470,3 +482,13 @@ class UsageRepository:
             .limit(limit)
         )
         return list((await self._session.scalars(stmt)).all())
+
+
+def _bounded_count(name: str, value: int) -> int:
+    """`value` clamped to [0, MAX_USAGE_COUNT]; a clamp is logged, as it means a caller's bug."""
+    bounded = min(max(int(value), 0), MAX_USAGE_COUNT)
+    if bounded != value:
+        logger.warning(
+            "usage %s=%s outside [0, %d], stored as %d", name, value, MAX_USAGE_COUNT, bounded
+        )
+    return bounded

@@ -6,6 +6,13 @@ alone or after `user_id`, so that it is a range scan of one of the table's index
 matter on SQLite: without statistics (ANALYZE) its planner takes a one-sided range for a quarter
 of the table and prefers scanning the whole `(model, created_at)` or `(user_id, created_at)`
 index to avoid sorting for GROUP BY; a two-sided range is estimated small enough to be used.
+
+No sum here needs a cast to stay clear of overflow, because every stored count is within
+[0, 10**7] (UsageRepository clamps, migration 0003 repaired older rows). The columns are
+INTEGER: on PostgreSQL the per-row `prompt_tokens + completion_tokens` is int4 arithmetic and
+at most 2 * 10**7, well below 2**31, and SUM(int4) is a bigint; on SQLite both are 64-bit and
+SUM raises "integer overflow" only past 2**63. Either way a sum overflows only after some
+9 * 10**11 rows at the ceiling. Costs are computed in floating point and cannot overflow.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import html
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -30,8 +31,14 @@ from bot.llm.errors import (
 )
 from bot.llm.types import ModelInfo, Usage
 
+logger = logging.getLogger(__name__)
+
 # Error messages are shown to admins and logged; a backend's HTML page or stack trace is not.
 MESSAGE_LIMIT = 300
+# The most tokens one call may report per field. No model has a context anywhere near ten
+# million tokens, so a larger figure is a backend's bug or attack, not usage; believed, it would
+# overflow every SUM over usage (2**63 - 1 did) or the column itself.
+MAX_USAGE_TOKENS = 10_000_000
 
 _CONTEXT_RE = re.compile(
     r"context[ _-]?(?:length|window)|maximum context|too many tokens|prompt is too long"
@@ -349,15 +356,41 @@ def text_of(content: Any) -> str:
 
 
 def parse_usage(raw: Any) -> Usage | None:
-    """Token counts from a `usage` object in either naming; None when it says nothing."""
+    """Token counts from a `usage` object in either naming; None when it says nothing usable."""
     if not isinstance(raw, dict):
         return None
-    prompt = _int(raw.get("prompt_tokens", raw.get("input_tokens")))
-    completion = _int(raw.get("completion_tokens", raw.get("output_tokens")))
+    prompt = raw.get("prompt_tokens", raw.get("input_tokens"))
+    completion = raw.get("completion_tokens", raw.get("output_tokens"))
+    absurd = {
+        name: value
+        for name, value in (("prompt_tokens", prompt), ("completion_tokens", completion))
+        if value is not None and not _is_token_count(value)
+    }
+    if absurd:
+        # One absurd figure discredits the whole report: the caller then counts both sides
+        # itself, marked as an estimate, which keeps the user's /usage and budgets meaningful
+        # (a clamped ten million would spend any budget at once). Only the figures are logged,
+        # cut short: a string figure is the backend's text.
+        logger.warning(
+            "ignoring the backend's usage, not a token count in [0, %d]: %s",
+            MAX_USAGE_TOKENS,
+            ", ".join(f"{name}={_short_repr(value)}" for name, value in absurd.items()),
+        )
+        return None
     # akashchat always sends zeros as placeholders: zeros mean "unknown", not "free".
     if not prompt and not completion:
         return None
-    return Usage(prompt_tokens=max(prompt or 0, 0), completion_tokens=max(completion or 0, 0))
+    return Usage(prompt_tokens=prompt or 0, completion_tokens=completion or 0)
+
+
+def _is_token_count(value: Any) -> bool:
+    # Not bool (an int in Python), float (12.7 tokens is no count) or a numeric string.
+    return type(value) is int and 0 <= value <= MAX_USAGE_TOKENS
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def is_image_job(document: dict[str, Any]) -> bool:
@@ -414,7 +447,8 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.isdigit():
+    # isdigit() alone also takes "²" and other Unicode digits, which int() refuses.
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         return int(value)
     return None
 

@@ -172,3 +172,55 @@ async def test_usage_is_in_the_command_menu_and_help(bot: BotHarness) -> None:
     ask(bot, ANN, "/help")
     help_text = (await bot.wait_messages(ANN, lambda t: len(t) == 1))[0]
     assert "/usage" in help_text
+
+
+async def test_absurd_usage_from_the_backend_leaves_usage_and_budgets_working(
+    harness: BotHarness,
+) -> None:
+    # A backend claimed a prompt of 2**63 - 1 tokens: stored as is, every later SUM overflowed,
+    # and /usage and the budget check failed for good.
+    await harness.start(user_daily_tokens=100_000)
+    harness.llm.enqueue(
+        Stream(["Huge."], prompt_tokens=2**63 - 1, completion_tokens=3),
+        Stream(["Odd."], prompt_tokens=-5, completion_tokens=12.7),
+        Stream(["Still here."], prompt_tokens=40, completion_tokens=2),
+    )
+    ask(harness, ANN, "first")
+    await harness.wait_text(ANN, "Huge.")
+    ask(harness, ANN, "second")
+    await harness.wait_text(ANN, "Odd.")
+
+    ask(harness, ANN, "/usage")
+    report = (await harness.wait_messages(ANN, lambda t: len(t) == 3))[2]
+    assert report.startswith("Your usage"), report
+    # Neither figure was believed: the bot's own counts stand in, marked as estimates.
+    today = next(line for line in report.splitlines() if line.startswith("Today:"))
+    assert today.startswith("Today: 2 requests · ≈"), today
+    tokens = int(today.split("≈", 1)[1].split(" tokens", 1)[0].replace(",", ""))
+    assert 0 < tokens < 1_000, today
+    assert f"Daily: {tokens} of 100,000 tokens" in report
+
+    ask(harness, ANN, "third")
+    await harness.wait_text(ANN, "Still here.")
+    assert len(harness.llm.chat_requests) == 3
+
+
+async def test_usage_figures_past_64_bits_neither_break_the_write_nor_the_sums(
+    bot: BotHarness,
+) -> None:
+    # 2**64 - 1 does not fit SQLite's INTEGER (the write failed); two of 2**63 - 1 overflow SUM.
+    bot.llm.enqueue(
+        Stream(["One."], prompt_tokens=2**64 - 1, completion_tokens=2),
+        Stream(["Two."], prompt_tokens=2**63 - 1, completion_tokens=2**63 - 1),
+        Stream(["Three."], prompt_tokens=2**63 - 1, completion_tokens=1),
+    )
+    for n, answer in enumerate(("One.", "Two.", "Three."), start=1):
+        ask(bot, ANN, f"message {n}")
+        await bot.wait_text(ANN, answer)
+
+    ask(bot, ANN, "/usage")
+    texts_ = await bot.wait_messages(ANN, lambda t: t[-1].startswith("Your usage"))
+    assert len(texts_) == 4, texts_  # three answers and the report, no error message
+    report = texts_[3]
+    assert "Today: 3 requests · ≈" in report
+    assert "922" not in report and "184" not in report  # no trace of the absurd figures

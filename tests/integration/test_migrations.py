@@ -17,8 +17,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, inspect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, event, insert, inspect, select
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.db import (
@@ -26,11 +26,14 @@ from bot.db import (
     ChatRepository,
     NewTurn,
     TurnRepository,
+    UsageRecord,
     create_engine,
     create_sessionmaker,
     migrate,
 )
 from bot.db.engine import MIGRATIONS_DIR, alembic_config
+from bot.db.usage_queries import ModelUsage, TopLists, UsageQueries
+from bot.pricing import PriceList
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -198,6 +201,80 @@ async def test_migrate_creates_missing_sqlite_directory(tmp_path: Path) -> None:
     finally:
         await engine.dispose()
     assert path.is_file()
+
+
+async def usage_sums(engine: AsyncEngine) -> tuple[list[ModelUsage], TopLists]:
+    """What /usage and the budget checks sum: per model, and per user."""
+    async with create_sessionmaker(engine)() as session:
+        queries = UsageQueries(session)
+        return await queries.by_model(), await queries.top_users(
+            since=None, until=None, prices=PriceList(), limit=10
+        )
+
+
+async def test_0003_clamps_absurd_usage_so_sums_work_again(database_url: str) -> None:
+    """Rows a backend's absurd usage wrote before 0003 are clamped to [0, 10**7] by it."""
+    ceiling = 10_000_000
+    engine = create_engine(database_url)
+    # PostgreSQL's INTEGER is 32-bit, so its worst stored figure is 2**31 - 1, which overflows
+    # the per-row prompt + completion; SQLite took 2**63 - 1, which overflows any SUM.
+    absurd = 2**63 - 1 if engine.dialect.name == "sqlite" else 2**31 - 1
+    rows = [  # prompt, completion, images
+        (absurd, absurd, 0),
+        (absurd, 5, absurd),
+        (-5, 7, -1),
+        (12, 3, 0),
+    ]
+    try:
+        await run_alembic(engine, command.upgrade, "0002")
+        sessionmaker = create_sessionmaker(engine)
+        async with sessionmaker() as session, session.begin():
+            for prompt, completion, images in rows:
+                await session.execute(
+                    insert(UsageRecord).values(
+                        user_id=1,
+                        chat_id=1,
+                        model="m",
+                        kind="chat",
+                        prompt_tokens=prompt,
+                        completion_tokens=completion,
+                        images=images,
+                        estimated=False,
+                        status="ok",
+                        latency_ms=1,
+                    )
+                )
+        # SQLite's SUM raises "integer overflow"; PostgreSQL's int4 addition "out of range".
+        with pytest.raises(DBAPIError, match=r"overflow|out of range"):
+            await usage_sums(engine)
+
+        await run_alembic(engine, command.upgrade, "head")
+
+        async with sessionmaker() as session:
+            stored = (
+                await session.execute(
+                    select(
+                        UsageRecord.prompt_tokens,
+                        UsageRecord.completion_tokens,
+                        UsageRecord.images,
+                    ).order_by(UsageRecord.id)
+                )
+            ).all()
+            assert [tuple(row) for row in stored] == [
+                (ceiling, ceiling, 0),
+                (ceiling, 5, ceiling),
+                (0, 7, 0),
+                (12, 3, 0),
+            ]
+        [model], top = await usage_sums(engine)
+        assert (model.sums.prompt_tokens, model.sums.completion_tokens) == (
+            2 * ceiling + 12,
+            ceiling + 15,
+        )
+        assert model.sums.images == ceiling
+        assert [user.tokens for user in top.by_tokens] == [3 * ceiling + 27]
+    finally:
+        await engine.dispose()
 
 
 def extra_migration(directory: Path, body: str) -> Config:

@@ -386,6 +386,38 @@ async def test_last_non_zero_usage_wins(make: HarnessFactory) -> None:
     assert end.usage == Usage(5, 2)
 
 
+async def test_absurd_usage_is_not_believed(make: HarnessFactory, caplog: Any) -> None:
+    # A backend claiming 2**63 - 1 prompt tokens: stored, it overflowed every sum over usage.
+    body = sse(
+        chunk("Otters "),
+        chunk("float.", finish="stop"),
+        {"id": "chatcmpl-1", "choices": [], "usage": {"prompt_tokens": 2**63 - 1,
+                                                      "completion_tokens": 3}},
+    )  # fmt: skip
+    h = make(reply(body))
+
+    with caplog.at_level(logging.WARNING, logger="bot.llm.dialects"):
+        pieces, end = await answer(h.client)
+
+    assert "".join(pieces) == "Otters float."
+    assert end == StreamEnd("stop", None)  # so the chat service counts the tokens itself
+    [warning] = [r for r in caplog.records if r.name == "bot.llm.dialects"]
+    assert "prompt_tokens=9223372036854775807" in warning.getMessage()
+    assert "Otters" not in warning.getMessage()
+
+
+async def test_absurd_usage_does_not_replace_an_earlier_report(make: HarnessFactory) -> None:
+    body = sse(
+        chunk("a", finish="stop", usage={"prompt_tokens": 5, "completion_tokens": 1}),
+        chunk(usage={"prompt_tokens": -5, "completion_tokens": 12.7}),
+    )
+    h = make(reply(body))
+
+    _, end = await answer(h.client)
+
+    assert end.usage == Usage(5, 1)
+
+
 async def test_akashchat_stream_ends_without_done_and_zero_usage_is_absent(
     make: HarnessFactory,
 ) -> None:

@@ -159,6 +159,18 @@ async def test_litellm_b64_answer_for_dall_e_asks_for_b64(make: Callable[..., Ha
     assert h.backend.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
 
 
+async def test_absurd_image_usage_is_not_believed(make: Callable[..., Harness]) -> None:
+    answer = {
+        "created": 1,
+        "data": [{"b64_json": base64.b64encode(PNG_1X1).decode()}],
+        "usage": {"input_tokens": 2**63 - 1, "output_tokens": 12.7},
+    }
+    h = make({IMAGES: [body(answer)]})
+    image = await h.generate("gpt-image-1")
+    assert image.data == PNG_1X1
+    assert image.usage is None
+
+
 async def test_gpt_image_is_asked_without_response_format(make: Callable[..., Harness]) -> None:
     h = make({IMAGES: [json_fixture("mock-ai-api/images-b64-json.json")]})
     image = await h.generate("gpt-image-1")
