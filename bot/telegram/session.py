@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -12,8 +13,8 @@ from aiogram.client.session.middlewares.base import (
     BaseRequestMiddleware,
     NextRequestMiddlewareType,
 )
-from aiogram.exceptions import ClientDecodeError, TelegramAPIError
-from aiogram.methods import SendChatAction
+from aiogram.exceptions import ClientDecodeError, TelegramAPIError, TelegramRetryAfter
+from aiogram.methods import GetUpdates, SendChatAction
 from aiogram.methods.base import Response, TelegramMethod, TelegramType
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class BotSession(AiohttpSession):
     every call (getUpdates, sendMessage, editMessageText, sendChatAction), a third of the
     bot's CPU time per answer. Only documented hooks are used: the `json_loads` argument,
     `check_response`, which every aiogram session calls to parse an answer, and a request
-    middleware (:class:`QuietChatActions`).
+    middlewares (:class:`QuietChatActions`, :class:`PollingRetryAfter`).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -41,6 +42,7 @@ class BotSession(AiohttpSession):
         super().__init__(**kwargs)
         self._response_models: dict[Any, type[Any]] = {}
         self.middleware(QuietChatActions())
+        self.middleware(PollingRetryAfter())
 
     def check_response(
         self,
@@ -90,3 +92,32 @@ class QuietChatActions(BaseRequestMiddleware):
                 raise
             logger.debug("chat %s: chat action %s refused: %s", method.chat_id, method.action, exc)
             return False
+
+
+class PollingRetryAfter(BaseRequestMiddleware):
+    """A Bot API request middleware: getUpdates answered 429 waits `retry_after`, then asks again.
+
+    aiogram's polling loop meets any failed getUpdates with its own backoff of one to five
+    seconds, whatever Telegram asked for, so a bot told to wait a minute would ask a dozen
+    times meanwhile. Other calls' 429s are the delivery path's (bot/telegram/delivery.py).
+    """
+
+    def __init__(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """`sleep` is injectable for tests."""
+        self._sleep = sleep
+
+    async def __call__(
+        self,
+        make_request: NextRequestMiddlewareType[TelegramType],
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+    ) -> Any:  # aiogram's sessions pass the call's result through their middlewares
+        """Make the call; for getUpdates, wait out a 429 and try again."""
+        while True:
+            try:
+                return await make_request(bot, method)
+            except TelegramRetryAfter as exc:
+                if not isinstance(method, GetUpdates):
+                    raise
+                logger.warning("getUpdates: flood control, waiting %ss as told", exc.retry_after)
+                await self._sleep(exc.retry_after)
