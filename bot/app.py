@@ -29,7 +29,16 @@ from bot.services.languages import LanguageService
 from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
 from bot.services.usage import BudgetService, Limits, SettledUsage, UsagePolicy, UsageService
-from bot.telegram.handlers import chat, common, errors, image, language, model, usage
+from bot.telegram.handlers import (
+    callbacks,
+    chat,
+    common,
+    errors,
+    image,
+    language,
+    model,
+    usage,
+)
 from bot.telegram.lazy_types import build_hot_models, hot_methods
 from bot.telegram.middlewares import (
     AccessMiddleware,
@@ -254,7 +263,8 @@ def build_dispatcher(
     dispatcher.message.middleware(access)
     dispatcher.callback_query.middleware(access)
     dispatcher.include_router(errors.build_router())
-    # The conversation router catches every remaining message, so it goes last.
+    # The conversation router catches every remaining message, so it goes last (before only
+    # the catch-all for button presses).
     dispatcher.include_routers(
         common.build_router(),
         model.build_router(),
@@ -262,6 +272,8 @@ def build_dispatcher(
         language.build_router(),
         image.build_router(),
         chat.build_router(),
+        # Answers every button press no other router took, so no client spinner is left.
+        callbacks.build_router(),
     )
     return dispatcher
 

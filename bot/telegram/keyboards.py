@@ -39,12 +39,42 @@ class ModelNoop(CallbackData, prefix="mdn"):
 
 
 class LanguagePick(CallbackData, prefix="lng"):
-    """Speak `code` (en, ru, zh) with whoever presses, or follow their Telegram app ("auto")."""
+    """Speak `code` (en, ru, zh) with user `u`, or follow their Telegram app ("auto")."""
 
     code: str
+    # In a group everyone sees the picker, but it shows (and sets) the language of the member
+    # who sent /language; the buttons say whose it is.
+    u: int
 
 
 AUTOMATIC = "auto"
+MODEL_PREFIXES = frozenset({ModelPick.__prefix__, ModelPage.__prefix__, ModelNoop.__prefix__})
+
+
+# What a press is told when it is refused. Telegram shows at most 200 characters of it.
+def models_outdated() -> str:
+    """A model list button from another version of the list, or not one this bot wrote."""
+    return _("This list is outdated, send /model again.")
+
+
+def languages_outdated() -> str:
+    """A language button this version of the bot did not write."""
+    return _("These buttons are outdated, send /language again.")
+
+
+def not_for_you() -> str:
+    """A button of someone else's picker or private chat."""
+    return _("This button is not for you.")
+
+
+def stale_notice(data: str | None) -> str:
+    """Why a press whose data no handler takes does nothing, told by the data's prefix."""
+    prefix = (data or "").partition(":")[0]
+    if prefix in MODEL_PREFIXES:
+        return models_outdated()
+    if prefix == LanguagePick.__prefix__:
+        return languages_outdated()
+    return _("This button is outdated.")
 
 
 def _caption(model: ModelInfo, *, current: bool) -> str:
@@ -90,16 +120,16 @@ def model_suggestions(
     return builder.as_markup()
 
 
-def language_picker(*, chosen: str | None) -> InlineKeyboardMarkup:
-    """One button per language, each in its own name, then "automatic"; the choice marked."""
+def language_picker(*, chosen: str | None, user_id: int) -> InlineKeyboardMarkup:
+    """`user_id`'s buttons: each language in its own name, then "automatic"; choice marked."""
     builder = InlineKeyboardBuilder()
     for code, name in LANGUAGE_NAMES.items():
         text = CURRENT_MARK + name if code == chosen else name
-        builder.button(text=text, callback_data=LanguagePick(code=code))
+        builder.button(text=text, callback_data=LanguagePick(code=code, u=user_id))
     automatic = _("Automatic")
     builder.button(
         text=CURRENT_MARK + automatic if chosen is None else automatic,
-        callback_data=LanguagePick(code=AUTOMATIC),
+        callback_data=LanguagePick(code=AUTOMATIC, u=user_id),
     )
     builder.adjust(len(LANGUAGE_NAMES), 1)
     return builder.as_markup()

@@ -13,6 +13,7 @@ from aiogram.types import CallbackQuery, Message, TelegramObject, Update, User
 
 from bot.i18n import _, set_locale
 from bot.services.languages import LanguageService
+from bot.telegram.keyboards import not_for_you
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +107,11 @@ class ChatSequencer(BaseMiddleware):
 
 
 class AccessMiddleware(BaseMiddleware):
-    """Inner middleware: only allowed users and chats reach handlers; others get a refusal."""
+    """Inner middleware: only allowed users and chats reach handlers; others get a refusal.
+
+    A button in a private chat answers only that chat's user: only a forged press comes from
+    anyone else, and it must not act on (or edit) the chat it names.
+    """
 
     def __init__(
         self, *, owner_ids: list[int], allowed_user_ids: list[int], allowed_chat_ids: list[int]
@@ -134,6 +139,10 @@ class AccessMiddleware(BaseMiddleware):
         elif isinstance(event, CallbackQuery) and event.message is not None:
             chat_id = event.message.chat.id
         if self.allows(user_id=user.id if user else None, chat_id=chat_id):
+            if isinstance(event, CallbackQuery) and _foreign(event):
+                logger.info("refused user %s a button of chat %s", event.from_user.id, chat_id)
+                await event.answer(not_for_you())
+                return None
             return await handler(event, data)
         logger.info("refused user %s in chat %s", user.id if user else None, chat_id)
         refusal = _("Sorry, this bot is private and you are not on its list of users.")
@@ -145,3 +154,9 @@ class AccessMiddleware(BaseMiddleware):
         elif isinstance(event, CallbackQuery):
             await event.answer(refusal, show_alert=True)
         return None
+
+
+def _foreign(query: CallbackQuery) -> bool:
+    """True for a press on a button of someone else's private chat."""
+    chat = query.message.chat if query.message is not None else None
+    return chat is not None and chat.type == "private" and chat.id != query.from_user.id

@@ -1182,19 +1182,30 @@ class FakeTelegram:
         first_name: str = "Alice",
         username: str | None = "alice",
         language_code: str | None = "en",
+        inaccessible: bool = False,
     ) -> dict[str, Any]:
-        """The user presses an inline button under a bot message; returns the Update."""
+        """The user presses an inline button under a bot message; returns the Update.
+
+        `data` is sent as given, so tests can forge what a modified client could send. With
+        `inaccessible`, the message comes as the Bot API sends one the bot can no longer see
+        (an InaccessibleMessage: chat, id and a date of 0), deleted ones included.
+        """
         chat = self._chats[chat_id]
         sent = chat.bot_messages.get(message_id)
-        if sent is None or sent.deleted:
+        if sent is None or (sent.deleted and not inaccessible):
             raise KeyError(f"no live bot message {message_id} in chat {chat_id}")
         user = self._user_json(chat, user_id, first_name, username, language_code)
         self._remember(chat, user)
         query_id = str(next(self._callback_ids) * 1_000_003)
+        message: dict[str, Any] = (
+            {"chat": chat.json(), "message_id": message_id, "date": 0}
+            if inaccessible
+            else self._bot_message_json(sent)
+        )
         query = {
             "id": query_id,
             "from": user,
-            "message": self._bot_message_json(sent),
+            "message": message,
             "chat_instance": str(abs(hash((self.bot_id, chat_id))) % 10**18),
             "data": data,
         }

@@ -9,7 +9,13 @@ from aiogram.types import CallbackQuery, Message
 from bot.i18n import LANGUAGE_NAMES, _, normalize, set_locale
 from bot.services.languages import LanguageService
 from bot.telegram.filters import NotFromBot
-from bot.telegram.keyboards import AUTOMATIC, LanguagePick, language_picker
+from bot.telegram.keyboards import (
+    AUTOMATIC,
+    LanguagePick,
+    language_picker,
+    languages_outdated,
+    not_for_you,
+)
 from bot.telegram.replies import Replies
 
 
@@ -35,9 +41,10 @@ async def language_command(
     """Show the language in use and the buttons to choose another."""
     if message.from_user is None:
         return
-    chosen = await language_service.chosen(user_id=message.from_user.id)
+    user_id = message.from_user.id
+    chosen = await language_service.chosen(user_id=user_id)
     text = _picker_text(_status(locale, chosen))
-    await replies.keyboard(message, text, language_picker(chosen=chosen))
+    await replies.keyboard(message, text, language_picker(chosen=chosen, user_id=user_id))
 
 
 async def pick(
@@ -47,11 +54,14 @@ async def pick(
     replies: Replies,
 ) -> None:
     """A language button: store the presser's choice and confirm it in that language."""
+    user = query.from_user
+    if callback_data.u != user.id:
+        await query.answer(not_for_you())
+        return
     chosen = normalize(callback_data.code)
     if chosen is None and callback_data.code != AUTOMATIC:
-        await query.answer()  # a language this version no longer offers
+        await query.answer(languages_outdated())  # a language this version does not offer
         return
-    user = query.from_user
     locale = await language_service.choose(
         user_id=user.id,
         username=user.username,
@@ -64,7 +74,8 @@ async def pick(
     status = _status(locale, chosen, switched=True)
     await query.answer(status)
     if isinstance(query.message, Message):
-        await replies.edit(query.message, _picker_text(status), language_picker(chosen=chosen))
+        markup = language_picker(chosen=chosen, user_id=user.id)
+        await replies.edit(query.message, _picker_text(status), markup)
 
 
 def build_router() -> Router:

@@ -22,6 +22,7 @@ from bot.telegram.keyboards import (
     ModelPick,
     model_picker,
     model_suggestions,
+    models_outdated,
 )
 from bot.telegram.replies import Replies
 
@@ -58,10 +59,6 @@ def _notice(text: str) -> str:
 # within Telegram's 200 characters for those.
 def _admins_only() -> str:
     return _("Only the group's administrators can change the model.")
-
-
-def _outdated() -> str:
-    return _("This list is outdated, send /model again.")
 
 
 def _list_unavailable() -> str:
@@ -202,7 +199,7 @@ async def pick(
     message = query.message
     if not isinstance(message, Message):
         # Messages older than 48 hours come without content and can no longer be edited.
-        await query.answer(_outdated())
+        await query.answer(models_outdated())
         return
     chat = message.chat
     if not await may_switch(bot=bot, settings=settings, chat=chat, user_id=query.from_user.id):
@@ -214,13 +211,13 @@ async def pick(
         return
     model = catalogue.at(callback_data.i) if catalogue.version == callback_data.v else None
     if model is None:
-        await query.answer(_outdated())
+        await query.answer(models_outdated())
         return
     result = await model_service.choose(
         chat_id=chat.id, chat_type=chat.type, chat_title=chat.title, model_id=model.id
     )
     if not isinstance(result, Switched):
-        await query.answer(_outdated())  # the list changed meanwhile
+        await query.answer(models_outdated())  # the list changed meanwhile
         return
     if not result.changed:
         await query.answer(_("Already in use"))
@@ -240,14 +237,14 @@ async def turn_page(
     """An arrow under the picker: show another page of the same list."""
     message = query.message
     if not isinstance(message, Message):
-        await query.answer(_outdated())
+        await query.answer(models_outdated())
         return
     catalogue = await model_service.catalogue()
     if catalogue is None:
         await query.answer(_list_unavailable())
         return
     if catalogue.version != callback_data.v:
-        await query.answer(_outdated())
+        await query.answer(models_outdated())
         return
     current = await model_service.current(chat_id=message.chat.id)
     await query.answer()
