@@ -29,6 +29,7 @@ from bot.llm.errors import (
     LLMHTTPError,
     LLMNotFoundError,
     LLMRateLimitError,
+    LLMResponseTooLargeError,
     LLMServerError,
     LLMTimeoutError,
     LLMUnavailableError,
@@ -514,6 +515,8 @@ def _interruption_reason(failure: BaseException | None) -> str:
         return _("the AI backend stopped responding")
     if isinstance(failure, LLMUnavailableError):
         return _("the connection to the AI backend was lost")
+    if isinstance(failure, LLMResponseTooLargeError):
+        return _("the AI backend sent more than the bot can take")
     return _("the AI backend reported an error")
 
 
@@ -545,6 +548,12 @@ def describe_error(failure: BaseException | None, *, model: str) -> str:
         return _("The AI backend cannot be reached right now. Please try again later.")
     if isinstance(failure, (LLMServerError, LLMHTTPError)):
         return _("The AI backend failed to answer (server error). Please try again later.")
+    if isinstance(failure, LLMResponseTooLargeError):
+        return _(
+            "The AI backend sent a broken answer, larger than the bot can take (a line or an "
+            "answer past its limit). Please try again; if it keeps happening, tell the bot's "
+            "owner."
+        )
     if isinstance(failure, asyncio.CancelledError):
         return _interrupted(_("the bot was restarted"))
     return _("Something went wrong while answering. Please try again.")
