@@ -16,6 +16,8 @@ from aiogram.client.session.middlewares.base import (
 from aiogram.exceptions import ClientDecodeError, TelegramAPIError, TelegramRetryAfter
 from aiogram.methods import GetUpdates, SendChatAction
 from aiogram.methods.base import Response, TelegramMethod, TelegramType
+from aiogram.types import Update
+from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from aiogram import Bot
@@ -51,9 +53,21 @@ class BotSession(AiohttpSession):
         status_code: int,
         content: str,
     ) -> Response[TelegramType]:
-        """Parse an answer as aiogram does, with its response model pinned."""
+        """Parse an answer as aiogram does, with its response model pinned.
+
+        A getUpdates answer holding an update aiogram cannot parse (a poison update) would fail
+        as a whole, and aiogram's polling would ask for the same batch forever. That update is
+        replaced by a bare one with its id, logged by id and kind without its content, so
+        polling moves past it and every other update of the batch is handled.
+        """
         self._pin(method.__returning__)
-        return super().check_response(bot, method, status_code, content)
+        try:
+            return super().check_response(bot, method, status_code, content)
+        except ClientDecodeError:
+            repaired = _without_poison(method, self.json_loads(content), bot)
+            if repaired is None:
+                raise
+        return super().check_response(bot, method, status_code, self.json_dumps(repaired))
 
     def pin_response_models(self, methods: Iterable[type[TelegramMethod[Any]]]) -> None:
         """Build and keep the response models of these methods now, before the first call."""
@@ -121,3 +135,35 @@ class PollingRetryAfter(BaseRequestMiddleware):
                     raise
                 logger.warning("getUpdates: flood control, waiting %ss as told", exc.retry_after)
                 await self._sleep(exc.retry_after)
+
+
+def _without_poison(
+    method: TelegramMethod[Any], answer: Any, bot: Bot
+) -> dict[str, Any] | None:
+    """A getUpdates answer with each update that fails to parse cut down to its id.
+
+    None for another method, or when the answer is not a list of updates with ids.
+    """
+    if not isinstance(method, GetUpdates):
+        return None
+    if not isinstance(answer, dict) or not isinstance(answer.get("result"), list):
+        return None
+    updates: list[Any] = []
+    for raw in answer["result"]:
+        update_id = raw.get("update_id") if isinstance(raw, dict) else None
+        if not isinstance(update_id, int):
+            return None
+        try:
+            Update.model_validate(raw, context={"bot": bot})
+        except ValidationError as exc:
+            kinds = sorted(key for key in raw if key != "update_id")
+            # The content stays out of the log: it is a user's message.
+            logger.error(
+                "skipping update %s (%s) that cannot be parsed: %d validation errors",
+                update_id,
+                ", ".join(kinds) or "empty",
+                exc.error_count(),
+            )
+            raw = {"update_id": update_id}
+        updates.append(raw)
+    return {**answer, "result": updates}
