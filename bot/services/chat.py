@@ -246,9 +246,24 @@ class ChatService:
                 latency_ms=outcome.latency_ms,
                 error=_short_error(failure),
             )
-        except SQLAlchemyError:
-            # The user still gets the answer, and is told it was not kept.
-            logger.exception("chat %s: could not store the turn and its usage", request.chat_id)
+        except SQLAlchemyError as exc:
+            # The user still gets the answer, and is told it was not kept. The usage goes to the
+            # log, so the owner can still account for it; the database's own reason names the
+            # cause, while SQLAlchemy's text would quote the statement's parameters: the
+            # conversation itself.
+            usage = outcome.usage
+            logger.error(
+                "chat %s: could not store the turn and its usage (%s): user=%s model=%s "
+                "prompt_tokens=%s completion_tokens=%s estimated=%s status=%s",
+                request.chat_id,
+                _database_reason(exc),
+                request.user_id,
+                outcome.model,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.estimated,
+                outcome.status,
+            )
             return False
         return True
 
@@ -472,6 +487,12 @@ class ChatService:
                     error=error,
                 )
             )
+
+
+def _database_reason(exc: SQLAlchemyError) -> str:
+    """What the database said (e.g. "database or disk is full"), without the statement."""
+    original = getattr(exc, "orig", None)
+    return f"{type(original or exc).__name__}: {original}" if original else type(exc).__name__
 
 
 def _short_error(failure: BaseException | None) -> str | None:

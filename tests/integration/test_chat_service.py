@@ -187,7 +187,10 @@ async def test_length_finish_reason_is_flagged(
 
 
 async def test_an_answer_the_database_refuses_to_store_is_delivered_with_a_warning(
-    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+    sessions: async_sessionmaker[AsyncSession],
+    llm: FakeLLM,
+    http: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     service = make_service(sessions, llm, http)
     # The file refuses every new turn, as a full disk or a broken file would.
@@ -205,3 +208,8 @@ async def test_an_answer_the_database_refuses_to_store_is_delivered_with_a_warni
     assert sink.finished and "".join(sink.pushed) == "The answer"
     assert sink.note is not None and "could not be saved" in sink.note
     assert await usage_rows(sessions) == []  # the transaction was rolled back as a whole
+    # The owner's log names the cause and keeps the usage, but not the conversation.
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    logged = record.getMessage()
+    assert "database or disk is full" in logged and "prompt_tokens=" in logged
+    assert "The answer" not in logged and "INSERT" not in logged
