@@ -118,6 +118,11 @@ class LLMSettings(BaseModel):
     image_api: Literal["auto", "images", "chat"] = "auto"
     image_size: str = "1024x1024"
     image_timeout: float = Field(default=180.0, gt=0)
+    # Whether image links from the backend may point at private, loopback or link-local
+    # addresses. Off, as a backend's answer must not steer the bot into its own network; on
+    # for a self-hosted backend that links to another host on the LAN. The backend's own
+    # origin (LLM_BASE_URL) is always allowed.
+    image_fetch_allow_private: bool = False
 
     @field_validator("llm_models", mode="before")
     @classmethod

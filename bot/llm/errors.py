@@ -36,6 +36,10 @@ class LLMImageDownloadError(LLMUnavailableError):
         self.status = status
 
 
+class ImageLinkRefusedError(LLMImageDownloadError):
+    """The image link was refused before any request: its scheme, credentials or address."""
+
+
 class LLMHTTPError(LLMError):
     """The backend answered with an error status or an error object."""
 

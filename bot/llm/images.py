@@ -9,7 +9,8 @@ Two dialects exist in the wild:
   `{"code": 500, "data": {"msg": ...}}`.
 
 Linked images are downloaded here rather than handed to Telegram by URL: Telegram's servers may
-not reach the backend's host, and OpenAI's links expire after an hour.
+not reach the backend's host, and OpenAI's links expire after an hour. The download goes through
+`bot.llm.fetch`, which keeps a link chosen by the backend's answer off the bot's own network.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -35,15 +35,20 @@ from bot.llm.dialects import (
     nonempty_str,
     parse_usage,
     payload_error,
-    short_message,
     status_error,
 )
 from bot.llm.errors import (
+    ImageLinkRefusedError,
     LLMContentPolicyError,
     LLMError,
     LLMHTTPError,
-    LLMImageDownloadError,
     LLMProtocolError,
+)
+from bot.llm.fetch import (
+    Connect,
+    GuardedDownloader,
+    Resolve,
+    system_resolve,
 )
 from bot.llm.policy import Retrying, RetryPolicy, Within, image_retryable
 from bot.llm.transport import as_httpx_error, read_capped, read_error_body, transport_error
@@ -172,16 +177,34 @@ class ImageClient:
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_bytes: int = MAX_IMAGE_BYTES,
+        allow_private: bool = False,
+        resolve: Resolve = system_resolve,
+        connect: Connect | None = None,
     ) -> None:
         """Use the caller's shared `http` client; `timeout` bounds a whole request, download
-        included; `sleep` is injectable so tests need not wait."""
+        included; `sleep`, `resolve` and `connect` are injectable so tests need neither wait
+        nor DNS; `allow_private` lets links reach private addresses (a backend on the LAN)."""
         self._http = http
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key or None
         self._timeout = timeout
         self._connect_timeout = connect_timeout
-        self._retrying = Retrying(retry or RetryPolicy(), image_retryable, sleep, "image call")
-        self._max_bytes = max_bytes
+        policy = retry or RetryPolicy()
+        self._retrying = Retrying(policy, image_retryable, sleep, "image call")
+        # A refused link is refused again however often it is asked for.
+        self._fetch_retrying = Retrying(policy, _download_retryable, sleep, "image download")
+        self._downloader = GuardedDownloader(
+            http=http,
+            trusted_origin=self._base_url,
+            trusted_headers=self._auth(),
+            max_bytes=max_bytes,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            allow_private=allow_private,
+            secret=self._api_key,
+            resolve=resolve,
+            connect=connect,
+        )
 
     async def generate(
         self, *, model: str, prompt: str, size: str, api: ImageApi
@@ -214,7 +237,9 @@ class ImageClient:
                 usage = parse_usage(answer.get("usage"))
             if data is None and url is not None:
                 link = url
-                data, declared = await self._retrying.call(lambda: self._fetch(link), deadline)
+                data, declared = await self._fetch_retrying.call(
+                    lambda: self._fetch(link), deadline
+                )
             if data is None:
                 raise LLMProtocolError("backend's image answer holds no image")
         return _image(data, declared, usage)
@@ -252,30 +277,10 @@ class ImageClient:
         """Download a linked image; returns its bytes and declared content type."""
         if url.startswith("data:"):
             return _data_url(url), None
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise LLMProtocolError("backend linked to an image with an unusable address")
-        # The key goes only to the backend's own host: links elsewhere are pre-signed, and a
-        # third-party host must never see it.
-        headers = self._auth() if _same_origin(url, self._base_url) else {}
-        try:
-            async with self._http.stream(
-                "GET",
-                url,
-                headers=headers,
-                timeout=self._httpx_timeout(),
-                follow_redirects=True,
-            ) as response:
-                if not response.is_success:
-                    raise LLMImageDownloadError(
-                        f"image download failed: HTTP {response.status_code}",
-                        response.status_code,
-                    )
-                data = await read_capped(response, self._max_bytes, "the image")
-                declared = response.headers.get("content-type")
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise self._download_error(exc) from exc
-        return data, declared
+        # The key goes only to the backend's own origin (the downloader's trusted one): links
+        # elsewhere are pre-signed, and a third-party host must never see it.
+        download = await self._downloader.fetch(url)
+        return download.data, download.content_type
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -300,13 +305,6 @@ class ImageClient:
             read_seconds=self._timeout,
             secret=self._api_key,
         )
-
-    def _download_error(self, exc: Exception) -> LLMImageDownloadError:
-        plain = as_httpx_error(exc)
-        if isinstance(plain, httpx.TimeoutException):
-            return LLMImageDownloadError("image download timed out")
-        detail = short_message(str(plain), secret=self._api_key)
-        return LLMImageDownloadError(f"image download failed: {detail}")
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -404,9 +402,8 @@ def _data_url(url: str) -> bytes:
         raise LLMProtocolError("backend's data: link is not valid base64") from exc
 
 
-def _same_origin(url: str, base_url: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base_url)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+def _download_retryable(exc: LLMError) -> bool:
+    return not isinstance(exc, ImageLinkRefusedError) and image_retryable(exc)
 
 
 def _classify(

@@ -27,6 +27,7 @@ from bot.db.models import utcnow
 from bot.db.repositories import NewUsage, UsageRepository
 from bot.i18n import _, format_duration, format_number, ngettext
 from bot.llm.errors import (
+    ImageLinkRefusedError,
     LLMAuthError,
     LLMBadRequestError,
     LLMContentPolicyError,
@@ -328,6 +329,12 @@ def describe_image_error(failure: BaseException | None, *, model: str) -> ImageR
     elif isinstance(failure, LLMBadRequestError):
         text = _("The AI backend rejected the image request: {detail}").format(
             detail=failure.message[:200]
+        )
+    elif isinstance(failure, ImageLinkRefusedError):
+        text = _(
+            "The image was drawn, but the bot does not download it from the link the AI backend "
+            "gave (a private or local address, or an unsafe link). The bot's owner finds the "
+            "reason in the log."
         )
     elif isinstance(failure, LLMImageDownloadError):
         text = _(

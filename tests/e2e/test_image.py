@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from sqlalchemy import text
 
 from tests.e2e.conftest import BotHarness
@@ -18,6 +20,13 @@ REFUSED = (
     "something else."
 )
 SERVER_ERROR = "The AI backend failed to draw the image ({detail}). Please try again later."
+LINK_REFUSED = (
+    "The image was drawn, but the bot does not download it from the link the AI backend gave "
+    "(a private or local address, or an unsafe link). The bot's owner finds the reason in the log."
+)
+DOWNLOAD_FAILED = (
+    "The image was drawn, but downloading it from the AI backend failed. Please try again."
+)
 
 
 CHAT = 2001
@@ -345,3 +354,108 @@ async def test_spent_cost_budget_stops_image_requests_before_the_backend(
         lambda t: any(m.kind == "text" and "daily" in m.text for m in t.messages(CHAT))
     )
     assert len(bot.llm.image_requests) == 1  # the refused request cost nothing
+
+
+# -- links the bot must not follow into its own network -----------------------------------------
+
+
+class InternalHost:
+    """A server on the bot's own network (another port of 127.0.0.1: not the backend's
+    origin) holding a picture, and noting every request that reaches it."""
+
+    def __init__(self, picture: bytes) -> None:
+        self.picture = picture
+        self.hits: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        async def serve(request: web.Request) -> web.Response:
+            self.hits.append(request.path_qs)
+            return web.Response(body=self.picture, content_type="image/png")
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", serve)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def internal() -> AsyncIterator[InternalHost]:
+    host = InternalHost(make_png(40, 30))
+    await host.start()
+    yield host
+    await host.stop()
+
+
+async def ask_for_link(bot: BotHarness, link: str, api: str) -> None:
+    """Have the backend answer the next /image with `link`, as the images API or AkashGen."""
+    if api == "chat":
+        bot.llm.enqueue(Raw.akashgen(link, prompt=PROMPT))
+    else:
+        bot.llm.enqueue_image(ImageResult(url=link))
+    bot.tg.user_message(chat_id=CHAT, text=f"/image {PROMPT}", user_id=CHAT)
+
+
+@pytest.mark.parametrize("api", ["images", "chat"])
+async def test_link_to_an_internal_host_is_refused(
+    harness: BotHarness, internal: InternalHost, api: str
+) -> None:
+    bot = await start(harness, image_model="AkashGen" if api == "chat" else "gpt-image-1")
+    await ask_for_link(bot, f"{internal.url}/latest/meta-data.png", api)
+    await bot.wait_text(CHAT, LINK_REFUSED)
+    await bot.idle()
+    assert internal.hits == []
+    assert bot.tg.calls_to("sendPhoto") == [] and bot.tg.calls_to("sendDocument") == []
+    [row] = await usage_rows(bot)
+    assert row.status == "error" and "refused" in row.error and "loopback" in row.error
+
+
+async def test_backend_redirect_to_an_internal_host_is_refused(
+    harness: BotHarness, internal: InternalHost
+) -> None:
+    bot = await start(harness, image_model="gpt-image-1")
+    # The link is on the backend's own origin, which is trusted; where it leads is not.
+    link = bot.llm.add_redirect("moved.png", f"{internal.url}/secret.png")
+    await ask_for_link(bot, link, "images")
+    await bot.wait_text(CHAT, LINK_REFUSED)
+    await bot.idle()
+    assert internal.hits == []
+    assert len(bot.llm.requests_to("/files/moved.png")) == 1  # refused, so not retried
+    assert bot.tg.calls_to("sendPhoto") == []
+
+
+async def test_private_links_are_fetched_when_allowed(
+    harness: BotHarness, internal: InternalHost
+) -> None:
+    bot = await start(harness, image_model="AkashGen", image_fetch_allow_private=True)
+    await ask_for_link(bot, f"{internal.url}/pictures/fox.png", "chat")
+    [photo] = await wait_media(bot, CHAT)
+    assert photo.file is not None and photo.file.data == internal.picture
+    # A redirect from the backend to the LAN host is followed too.
+    link = bot.llm.add_redirect("moved.png", f"{internal.url}/pictures/moved.png")
+    await ask_for_link(bot, link, "chat")
+    await wait_media(bot, CHAT, count=2)
+    assert internal.hits == ["/pictures/fox.png", "/pictures/moved.png"]
+
+
+async def test_link_with_credentials_is_refused_without_a_crash(harness: BotHarness) -> None:
+    bot = await start(harness, image_model="gpt-image-1")
+    bot.llm.add_file("fox.png", make_png())
+    link = bot.llm.file_url("fox.png").replace("http://", "http://user:pass@")
+    await ask_for_link(bot, link, "images")
+    await bot.wait_text(CHAT, LINK_REFUSED)
+    await bot.idle()
+    assert bot.llm.requests_to("/files/fox.png") == []
+    [row] = await usage_rows(bot)
+    assert "user name or password" in row.error
+    # The bot goes on answering.
+    bot.tg.user_message(chat_id=CHAT, text="Hello there", user_id=CHAT)
+    await bot.wait_text(CHAT, "You said: Hello there")

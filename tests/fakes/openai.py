@@ -630,6 +630,7 @@ class FakeLLM:
         self._image_queue: deque[ImageReply] = deque()
         self._default: Callable[[dict[str, Any]], Reply] = default_reply
         self._files: dict[str, tuple[bytes, str]] = {}
+        self._redirects: dict[str, tuple[str, int]] = {}
         self._image_counter = 0
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -741,6 +742,11 @@ class FakeLLM:
         self._files[name] = (data, content_type)
         return self.file_url(name)
 
+    def add_redirect(self, name: str, location: str, status: int = 302) -> str:
+        """Answer ``GET /files/{name}`` with a redirect to ``location``; returns its URL."""
+        self._redirects[name] = (location, status)
+        return self.file_url(name)
+
     def file_url(self, name: str) -> str:
         """Absolute URL of ``/files/{name}``."""
         return f"{self.root_url}/files/{name}"
@@ -849,6 +855,10 @@ class FakeLLM:
         return _json_response(404, body)
 
     async def _handle_file(self, request: web.Request) -> web.StreamResponse:
+        redirect = self._redirects.get(request.match_info["name"])
+        if redirect is not None:
+            location, status = redirect
+            return web.Response(status=status, headers={"Location": location})
         item = self._files.get(request.match_info["name"])
         if item is None:
             return _json_response(404, {"detail": "Not Found"})

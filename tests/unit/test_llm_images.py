@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,14 +15,17 @@ import httpx
 import pytest
 
 from bot.llm.errors import (
+    ImageLinkRefusedError,
     LLMBadRequestError,
     LLMContentPolicyError,
     LLMImageDownloadError,
     LLMNotFoundError,
     LLMProtocolError,
+    LLMResponseTooLargeError,
     LLMServerError,
     LLMTimeoutError,
 )
+from bot.llm.fetch import Address
 from bot.llm.images import ImageApi, ImageClient, choose_image_api, sniff_image
 from bot.llm.policy import RetryPolicy
 from tests.fakes.openai import PNG_1X1, make_png
@@ -65,12 +68,29 @@ def jpeg(width: int, height: int) -> bytes:
 Reply = Callable[[httpx.Request], httpx.Response]
 
 
+# What every name resolves to unless a test says otherwise (example.com's address).
+PUBLIC_IP = "93.184.215.14"
+
+
 @dataclass
 class Backend:
-    """Answers by URL: each URL has a list of replies, used in turn; the last one repeats."""
+    """Answers by URL: each URL has a list of replies, used in turn; the last one repeats.
+
+    It also stands in for DNS (`names`, default PUBLIC_IP) and for the pinned connections to
+    hosts other than the backend's own, noting which addresses each was pinned to.
+    """
 
     routes: dict[str, list[Reply | Exception]]
     requests: list[httpx.Request] = field(default_factory=list)
+    names: dict[str, list[str]] = field(default_factory=dict)
+    pinned: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        return self.names.get(host, [PUBLIC_IP])
+
+    def connect(self, host: str, addresses: Sequence[Address]) -> httpx.AsyncBaseTransport:
+        self.pinned.append((host, tuple(str(a) for a in addresses)))
+        return httpx.MockTransport(self)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -122,7 +142,15 @@ async def make() -> AsyncIterator[Callable[..., Harness]]:
             sleeps.append(seconds)
 
         options.setdefault("retry", RetryPolicy(max_retries=2))
-        client = ImageClient(http=http, base_url=BASE_URL, api_key=API_KEY, sleep=sleep, **options)
+        client = ImageClient(
+            http=http,
+            base_url=BASE_URL,
+            api_key=API_KEY,
+            sleep=sleep,
+            resolve=backend.resolve,
+            connect=backend.connect,
+            **options,
+        )
         return Harness(backend, client, sleeps)
 
     yield build
@@ -203,6 +231,8 @@ async def test_url_answer_is_downloaded_without_the_key(make: Callable[..., Harn
     download = h.backend.requests[1]
     assert download.method == "GET"
     assert "authorization" not in download.headers  # a third-party host never sees the key
+    # The connection went to the address that was checked, not to a second lookup.
+    assert h.backend.pinned == [("example.com", (PUBLIC_IP,))]
 
 
 async def test_link_on_the_backend_itself_is_fetched_with_the_key(
@@ -212,6 +242,7 @@ async def test_link_on_the_backend_itself_is_fetched_with_the_key(
     h = make({IMAGES: [body({"data": [{"url": url}]})], url: [body(make_png())]})
     await h.generate()
     assert h.backend.requests[1].headers["authorization"] == f"Bearer {API_KEY}"
+    assert h.backend.pinned == []  # the backend's own links go through the shared client
 
 
 async def test_data_url_and_unknown_image_types(make: Callable[..., Harness]) -> None:
@@ -303,9 +334,174 @@ async def test_download_failures(make: Callable[..., Harness]) -> None:
     with pytest.raises(LLMProtocolError):
         await h.generate()
 
-    h = make({IMAGES: [json_fixture("litellm/images-url.json")], url: [body(make_png())]})
-    h.client._max_bytes = 10
+    h = make(
+        {IMAGES: [json_fixture("litellm/images-url.json")], url: [body(make_png())]}, max_bytes=10
+    )
     with pytest.raises(LLMProtocolError, match="larger than"):
+        await h.generate()
+
+
+def redirect(location: str, status: int = 302) -> Reply:
+    return lambda request: httpx.Response(status, headers={"location": location})
+
+
+@pytest.mark.parametrize(
+    ("link", "names"),
+    [
+        ("http://169.254.169.254/latest/meta-data/iam", {}),
+        ("http://127.0.0.1:8080/x.png", {}),
+        ("http://[::ffff:127.0.0.1]/x.png", {}),
+        ("http://10.0.0.5/x.png", {}),
+        ("https://cdn.example/x.png", {"cdn.example": ["127.0.0.1"]}),
+        # One bad address among good ones is enough: the connection may pick any of them.
+        ("https://cdn.example/x.png", {"cdn.example": [PUBLIC_IP, "192.168.1.20"]}),
+        ("https://cdn.example/x.png", {"cdn.example": ["2606:4700::1111", "fd00::7"]}),
+    ],
+    ids=[
+        "metadata",
+        "loopback",
+        "mapped-loopback",
+        "private",
+        "name-to-loopback",
+        "one-of-two",
+        "ula",
+    ],
+)
+async def test_links_to_private_addresses_are_refused(
+    make: Callable[..., Harness], link: str, names: dict[str, list[str]]
+) -> None:
+    h = make({IMAGES: [body({"data": [{"url": link}]})], link: [body(make_png())]})
+    h.backend.names.update(names)
+    with pytest.raises(ImageLinkRefusedError, match="IMAGE_FETCH_ALLOW_PRIVATE"):
+        await h.generate()
+    assert [r.method for r in h.backend.requests] == ["POST"]  # nothing was fetched
+    assert h.backend.pinned == [] and h.sleeps == []  # nor tried again
+
+
+async def test_private_links_are_fetched_when_allowed(make: Callable[..., Harness]) -> None:
+    link = "http://nas.lan:8080/out/1.png"
+    h = make(
+        {IMAGES: [body({"data": [{"url": link}]})], link: [body(make_png())]},
+        allow_private=True,
+    )
+    h.backend.names["nas.lan"] = ["192.168.1.20"]
+    assert (await h.generate()).mime_type == "image/png"
+    assert h.backend.pinned == [("nas.lan", ("192.168.1.20",))]
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "http://user:secret@cdn.example/x.png",
+        "http://user@llm.example/files/1.png",
+        "ftp://cdn.example/x.png",
+        "file:///etc/passwd",
+        "gopher://127.0.0.1:6379/_INFO",
+        "http:///x.png",
+    ],
+)
+async def test_unusable_links_are_refused(make: Callable[..., Harness], link: str) -> None:
+    h = make({IMAGES: [body({"data": [{"url": link}]})]})
+    with pytest.raises(ImageLinkRefusedError, match="image link refused"):
+        await h.generate()
+    assert len(h.backend.requests) == 1 and h.sleeps == []
+
+
+async def test_every_redirect_is_checked(make: Callable[..., Harness]) -> None:
+    own = "https://llm.example/files/1.png"
+    h = make(
+        {
+            IMAGES: [body({"data": [{"url": own}]})],
+            own: [redirect("https://cdn.example/a/1.png")],
+            "https://cdn.example/a/1.png": [redirect("../b/1.png", 301)],  # relative
+            "https://cdn.example/b/1.png": [redirect("http://10.1.2.3/1.png", 307)],
+        }
+    )
+    with pytest.raises(ImageLinkRefusedError, match=r"10\.1\.2\.3 is a private address"):
+        await h.generate()
+    fetched = [str(r.url) for r in h.backend.requests if r.method == "GET"]
+    assert fetched == [own, "https://cdn.example/a/1.png", "https://cdn.example/b/1.png"]
+    assert h.backend.requests[1].headers["authorization"] == f"Bearer {API_KEY}"
+    # The key stays on the backend's own origin, redirect or not.
+    assert all("authorization" not in r.headers for r in h.backend.requests[2:])
+
+
+async def test_redirect_back_to_the_backend_and_on_to_the_image(
+    make: Callable[..., Harness],
+) -> None:
+    own = "https://llm.example/files/1.png"
+    h = make(
+        {
+            IMAGES: [body({"data": [{"url": "https://cdn.example/1"}]})],
+            "https://cdn.example/1": [redirect(own, 303)],
+            own: [body(make_png(5, 5))],
+        }
+    )
+    assert (await h.generate()).width == 5
+    assert h.backend.requests[-1].headers["authorization"] == f"Bearer {API_KEY}"
+
+
+async def test_redirects_are_capped_at_three(make: Callable[..., Harness]) -> None:
+    routes: dict[str, list[Reply | Exception]] = {
+        IMAGES: [body({"data": [{"url": "https://cdn.example/0"}]})],
+        **{f"https://cdn.example/{i}": [redirect(f"/{i + 1}")] for i in range(4)},
+        "https://cdn.example/4": [body(make_png())],
+    }
+    h = make(routes)
+    with pytest.raises(ImageLinkRefusedError, match="more than 3 redirects"):
+        await h.generate()
+    assert len([r for r in h.backend.requests if r.method == "GET"]) == 4
+
+    routes[IMAGES] = [body({"data": [{"url": "https://cdn.example/1"}]})]
+    assert (await make(routes).generate()).mime_type == "image/png"  # three are fine
+
+
+async def test_content_type_is_checked_before_the_body_is_read(
+    make: Callable[..., Harness],
+) -> None:
+    url = "https://cdn.example/x"
+    streamed: list[bytes] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in (b'{"a":', b"1}"):
+            streamed.append(chunk)
+            yield chunk
+
+    def as_json(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=chunks(), headers={"content-type": "application/json"})
+
+    h = make({IMAGES: [body({"data": [{"url": url}]})], url: [as_json]})
+    with pytest.raises(LLMProtocolError, match="application/json, not an image"):
+        await h.generate()
+    assert streamed == []
+
+    # Undescribed bytes are judged by what they are.
+    h = make(
+        {
+            IMAGES: [body({"data": [{"url": url}]})],
+            url: [body(make_png(3, 2), content_type="application/octet-stream")],
+        }
+    )
+    assert (await h.generate()).mime_type == "image/png"
+    h = make(
+        {
+            IMAGES: [body({"data": [{"url": url}]})],
+            url: [body(b"MZ\x90\x00 not a picture", content_type="binary/octet-stream")],
+        }
+    )
+    with pytest.raises(LLMProtocolError, match="not an image"):
+        await h.generate()
+
+
+async def test_declared_length_past_the_cap_is_not_read(make: Callable[..., Harness]) -> None:
+    url = "https://cdn.example/huge.png"
+
+    def huge(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "image/png", "content-length": str(10**12)}
+        return httpx.Response(200, content=make_png(), headers=headers)
+
+    h = make({IMAGES: [body({"data": [{"url": url}]})], url: [huge]})
+    with pytest.raises(LLMResponseTooLargeError):
         await h.generate()
 
 
