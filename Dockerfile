@@ -23,4 +23,7 @@ VOLUME ["/data"]
 # Healthy while the bot polls Telegram and its event loop runs (see bot/health.py).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["python", "-m", "bot.health"]
+# docker stop sends SIGINT: Python handles it from the interpreter's first instant (the bot's
+# own handler for SIGTERM and SIGINT is in place once its imports are done), even as PID 1.
+STOPSIGNAL SIGINT
 CMD ["python", "-m", "bot"]

@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
-
-from bot.config import ConfigError, load_settings
 
 
 def main() -> int:
     """Validate the settings, set up logging and run the bot until stopped."""
+    # Before anything slow (imports, settings, migrations): with the default disposition
+    # SIGTERM kills the process without clean-up, and PID 1 in a container ignores it until
+    # docker stop's SIGKILL. Until the event loop takes over (bot.app.run), SIGTERM ends the
+    # start-up as Ctrl+C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _start()
+    except KeyboardInterrupt:
+        return 0
+
+
+def _start() -> int:
+    from bot.config import ConfigError, load_settings
+
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -32,8 +45,6 @@ def main() -> int:
 
     try:
         asyncio.run(run(settings))
-    except KeyboardInterrupt:
-        pass
     except TelegramUnauthorizedError:
         print("Configuration error: BOT_TOKEN: Telegram rejected the token", file=sys.stderr)
         return 2

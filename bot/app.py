@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import httpx
 from aiogram import Bot, Dispatcher
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot import health, i18n
@@ -26,6 +28,7 @@ from bot.services.chat import ChatConfig, ChatService
 from bot.services.directory import Directory
 from bot.services.images import ImageConfig, ImageService
 from bot.services.languages import LanguageService
+from bot.services.migration import ChatMigration
 from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
 from bot.services.usage import BudgetService, Limits, SettledUsage, UsagePolicy, UsageService
@@ -37,8 +40,10 @@ from bot.telegram.handlers import (
     image,
     language,
     model,
+    upgrades,
     usage,
 )
+from bot.telegram.inbox import Inbox, InboxRecorder
 from bot.telegram.lazy_types import build_hot_models, hot_methods
 from bot.telegram.middlewares import (
     AccessMiddleware,
@@ -66,6 +71,7 @@ class App:
     bot: Bot
     dispatcher: Dispatcher
     tracker: InflightTracker
+    inbox: Inbox
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class Services:
     usage_service: UsageService
     model_service: ModelService
     language_service: LanguageService
+    chat_migration: ChatMigration
 
 
 async def build_app(settings: Settings) -> App:
@@ -90,14 +97,18 @@ async def build_app(settings: Settings) -> App:
     read_engine = create_read_engine(settings.database_url)
     # One pooled client for every backend call; streams are long-lived, so allow many at once.
     http = backend_http_client(max_connections=4096, headers={"User-Agent": "llm-telegram-bot"})
+    sessions = create_sessionmaker(engine)
     services = build_services(
         settings,
-        sessions=create_sessionmaker(engine),
+        sessions=sessions,
         read_sessions=create_sessionmaker(read_engine or engine),
         http=http,
     )
     bot = build_bot(settings)
     tracker = InflightTracker()
+    inbox = Inbox(sessions=sessions, tracker=tracker)
+    # Every fetched batch is stored before aiogram's next getUpdates confirms it to Telegram.
+    bot.session.middleware(InboxRecorder(inbox))
     dispatcher = build_dispatcher(settings, services, bot=bot, tracker=tracker)
     app = App(
         settings=settings,
@@ -107,6 +118,7 @@ async def build_app(settings: Settings) -> App:
         bot=bot,
         dispatcher=dispatcher,
         tracker=tracker,
+        inbox=inbox,
     )
     dispatcher["app"] = app
     dispatcher.startup.register(_on_startup)
@@ -175,6 +187,7 @@ def build_services(
         timeout=settings.image_timeout,
         connect_timeout=settings.llm_connect_timeout,
         retry=retry,
+        allow_private=settings.image_fetch_allow_private,
     )
     image_service = ImageService(
         sessions=sessions,
@@ -195,6 +208,7 @@ def build_services(
         image_service=image_service,
         usage_service=UsageService(sessions=read_sessions, policy=policy, settled=settled),
         model_service=models,
+        chat_migration=ChatMigration(sessions=sessions, directory=directory),
         language_service=LanguageService(
             sessions=sessions,
             read_sessions=read_sessions,
@@ -243,7 +257,7 @@ def build_dispatcher(
     )
     dispatcher = Dispatcher(
         disable_fsm=True,  # no conversation states: skip the FSM lookups on every update
-        replies=Replies(bot=bot, gate=gate),
+        replies=Replies(bot=bot, gate=gate, migration=services.chat_migration),
         settings=settings,
         **vars(services),
     )
@@ -260,6 +274,10 @@ def build_dispatcher(
         allowed_user_ids=settings.allowed_user_ids,
         allowed_chat_ids=settings.allowed_chat_ids,
     )
+    # First of the inner ones: once the bot is stopping, a handler not yet begun never begins
+    # (its update stays in the inbox for the next start).
+    dispatcher.message.middleware(tracker.admit)
+    dispatcher.callback_query.middleware(tracker.admit)
     dispatcher.message.middleware(access)
     dispatcher.callback_query.middleware(access)
     dispatcher.include_router(errors.build_router())
@@ -271,6 +289,7 @@ def build_dispatcher(
         usage.build_router(),
         language.build_router(),
         image.build_router(),
+        upgrades.build_router(),
         chat.build_router(),
         # Answers every button press no other router took, so no client spinner is left.
         callbacks.build_router(),
@@ -279,6 +298,8 @@ def build_dispatcher(
 
 
 async def _on_startup(app: App) -> None:
+    # Before polling fetches anything newer, so every chat's messages stay in order.
+    await app.inbox.replay(app.dispatcher, app.bot)
     me = await app.bot.me()
     logger.info(
         "bot @%s (id %s) starting, backend %s", me.username, me.id, app.settings.llm_base_url
@@ -296,12 +317,19 @@ async def _on_startup(app: App) -> None:
 
 
 async def _on_shutdown(app: App) -> None:
+    app.tracker.stop()
     await app.tracker.drain(app.settings.shutdown_grace)
-    if app.tracker.last_update_id is not None:
+    if app.inbox.last_stored_id is not None:
         # Telegram confirms updates only when the next getUpdates carries a higher offset;
-        # without this, the last batch would be answered again after a restart.
+        # without this, the last batch would be fetched again after a restart. Confirming all
+        # that was fetched is safe: the inbox holds each update until it is handled.
         with contextlib.suppress(TelegramAPIError, asyncio.TimeoutError):
-            await app.bot.get_updates(offset=app.tracker.last_update_id + 1, limit=1, timeout=0)
+            await app.bot.get_updates(offset=app.inbox.last_stored_id + 1, limit=1, timeout=0)
+    try:
+        await app.inbox.flush()
+    except SQLAlchemyError as exc:
+        # Not lost: those updates are fed again at the next start and recognised as answered.
+        logger.warning("inbox: could not delete the handled updates: %s", exc)
     await app.http.aclose()
     await _dispose_engines(app)
     logger.info("stopped cleanly")
@@ -313,58 +341,109 @@ async def _dispose_engines(app: App) -> None:
     await app.engine.dispose()
 
 
-async def _reach_telegram(app: App, *, handle_signals: bool) -> bool:
-    """Wait until Telegram answers getMe; False if SIGTERM/SIGINT came first.
+async def _reach_telegram(app: App, stop: asyncio.Event) -> bool:
+    """Wait until Telegram answers getMe; False if asked to stop first.
 
     Start even if Telegram is briefly unreachable (a network blip, a restarting self-hosted Bot
     API server) instead of crashing into a restart loop, yet stay stoppable meanwhile.
     """
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            await app.bot.me()
+            return True
+        except (TelegramNetworkError, TelegramServerError) as exc:
+            logger.warning("Telegram unreachable (%s), retrying in %.0fs", exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        delay = min(delay * 2, 30.0)
+    return False
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` while inside; the previous handlers come back after.
+
+    One handler for the whole run: aiogram's own (installed only once polling starts and
+    removed before shutdown) would leave gaps with the default disposition, which kills the
+    process mid-way, or ignores the signal altogether when it runs as PID 1 in a container.
+    """
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            logger.info("received %s, stopping", sig.name)
+        stop.set()
+
     for sig in signals:
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     try:
-        delay = 1.0
-        while True:
-            try:
-                await app.bot.me()
-                return True
-            except (TelegramNetworkError, TelegramServerError) as exc:
-                logger.warning("Telegram unreachable (%s), retrying in %.0fs", exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
-                return False
-            delay = min(delay * 2, 30.0)
+        yield
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+            signal.signal(sig, previous[sig])
 
 
-async def serve(app: App, *, handle_signals: bool = True, polling_timeout: int = 30) -> None:
-    """Poll Telegram and answer until stopped (SIGTERM/SIGINT or `dispatcher.stop_polling()`)."""
-    if not await _reach_telegram(app, handle_signals=handle_signals):
-        await app.http.aclose()
-        await _dispose_engines(app)
-        await app.bot.session.close()
+async def serve(
+    app: App,
+    *,
+    handle_signals: bool = True,
+    polling_timeout: int = 30,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Poll Telegram and answer until stopped (`stop`, SIGTERM/SIGINT or `stop_polling()`)."""
+    stop = stop if stop is not None else asyncio.Event()
+    with stop_on_signals(stop) if handle_signals else contextlib.nullcontext():
+        await _serve(app, stop=stop, polling_timeout=polling_timeout)
+
+
+async def _serve(app: App, *, stop: asyncio.Event, polling_timeout: int) -> None:
+    if not await _reach_telegram(app, stop):
+        await _close_unstarted(app)
         logger.info("stopped before Telegram could be reached")
         return
     beat = None
     if app.settings.heartbeat_file:
         beat = asyncio.create_task(health.heartbeat(Path(app.settings.heartbeat_file)))
-    try:
-        await app.dispatcher.start_polling(
+    polling = asyncio.create_task(
+        app.dispatcher.start_polling(
             app.bot,
             allowed_updates=ALLOWED_UPDATES,
-            handle_signals=handle_signals,
+            handle_signals=False,  # stop_on_signals: handled from the first instant
             close_bot_session=True,
             polling_timeout=polling_timeout,
         )
+    )
+    stopper = asyncio.create_task(_stop_polling_when(stop, app, polling))
+    try:
+        await polling
     finally:
-        if beat is not None:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+        for task in (stopper, beat):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def _stop_polling_when(stop: asyncio.Event, app: App, polling: asyncio.Task[None]) -> None:
+    await stop.wait()
+    # At once, not when the shutdown hooks run: no handler begins after the signal.
+    app.tracker.stop()
+    while not polling.done():
+        try:
+            await app.dispatcher.stop_polling()
+            return
+        except RuntimeError:  # "Polling is not started" yet: it is about to
+            await asyncio.sleep(0.01)
+
+
+async def _close_unstarted(app: App) -> None:
+    await app.http.aclose()
+    await _dispose_engines(app)
+    await app.bot.session.close()
 
 
 GC_THRESHOLDS = (50_000, 20, 20)
@@ -372,14 +451,22 @@ GC_THRESHOLDS = (50_000, 20, 20)
 
 async def run(settings: Settings) -> None:
     """Build the app and poll Telegram until SIGTERM/SIGINT."""
-    app = await build_app(settings)
-    # What start-up built (modules, aiogram's and pydantic's type machinery: some 250,000
-    # objects) lives as long as the process, yet every full garbage collection walked it all,
-    # about 0.2 s of CPU each time. Frozen, collections only look at what answers create.
-    gc.collect()
-    gc.freeze()
-    # With a thousand answers in flight, the default thresholds ran a collection every 700
-    # allocations and a full one (~0.15 s each) every few seconds: 7% of the bot's CPU. Rarer
-    # collections cost a few MB of cyclic garbage living a little longer.
-    gc.set_threshold(*GC_THRESHOLDS)
-    await serve(app)
+    stop = asyncio.Event()
+    # From the first instant, migrations included: see stop_on_signals.
+    with stop_on_signals(stop):
+        app = await build_app(settings)
+        if stop.is_set():
+            await _close_unstarted(app)
+            logger.info("stopped during start-up")
+            return
+        # What start-up built (modules, aiogram's and pydantic's type machinery: some 250,000
+        # objects) lives as long as the process, yet every full garbage collection walked it
+        # all, about 0.2 s of CPU each time. Frozen, collections only look at what answers
+        # create.
+        gc.collect()
+        gc.freeze()
+        # With a thousand answers in flight, the default thresholds ran a collection every 700
+        # allocations and a full one (~0.15 s each) every few seconds: 7% of the bot's CPU.
+        # Rarer collections cost a few MB of cyclic garbage living a little longer.
+        gc.set_threshold(*GC_THRESHOLDS)
+        await serve(app, handle_signals=False, stop=stop)

@@ -168,3 +168,14 @@ class UsageRecord(Base):
     # Image requests: the size asked for (e.g. "1024x1024"), or the size received from backends
     # that take none; NULL for chat.
     size: Mapped[str | None] = mapped_column(String(32))
+
+
+class InboxUpdate(Base):
+    """A Telegram update fetched and not yet handled: fed to the bot again at the next start."""
+
+    __tablename__ = "inbox"
+
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    # The update as Telegram's JSON, read back with aiogram's Update.model_validate_json.
+    payload: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=_NOW)

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
+    BigInteger,
     CursorResult,
     Integer,
     Select,
@@ -24,6 +25,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -32,12 +34,21 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningInsert
 
-from bot.db.models import ERROR_MAX_LENGTH, Chat, Turn, UsageRecord, User, utcnow
+from bot.db.models import (
+    ERROR_MAX_LENGTH,
+    Chat,
+    InboxUpdate,
+    Turn,
+    UsageRecord,
+    User,
+    utcnow,
+)
 
 CHATS = cast(Table, Chat.__table__)
 USERS = cast(Table, User.__table__)
 TURNS = cast(Table, Turn.__table__)
 USAGE_RECORDS = cast(Table, UsageRecord.__table__)
+INBOX = cast(Table, InboxUpdate.__table__)
 
 TURN_ROLES = frozenset({"user", "assistant"})
 USAGE_KINDS = frozenset({"chat", "image"})
@@ -47,6 +58,7 @@ USAGE_STATUSES = frozenset({"ok", "error", "interrupted"})
 # Every stored figure within [0, MAX_USAGE_COUNT] keeps the columns (INTEGER, 32-bit on
 # PostgreSQL) and every SUM over them far from overflowing: see bot.db.usage_queries.
 MAX_USAGE_COUNT = 10_000_000
+INBOX_DELETE_SLICE = 500
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +71,21 @@ class ChatRecord:
     type: str
     title: str | None
     model: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MovedChat:
+    """What moving a chat's rows to a new id changed."""
+
+    chat: ChatRecord | None  # the chat as now stored under the new id; None if never stored
+    turns: int
+    usage_records: int
+    chat_moved: bool  # the old id's chat row was merged into the new id's
+
+    @property
+    def changed(self) -> bool:
+        """True if anything was stored under the old id."""
+        return self.chat_moved or bool(self.turns or self.usage_records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +289,51 @@ class ChatRepository:
             .execution_options(synchronize_session=False)
         )
         await self._session.execute(stmt)
+
+    async def move(self, *, old_chat_id: int, new_chat_id: int) -> MovedChat:
+        """Move the chat's row, turns and usage records from `old_chat_id` to `new_chat_id`.
+
+        A chat already stored under the new id is kept, and takes the old one's model if it has
+        none. Moved turns lose their Telegram message ids: those count per chat, and the old
+        group's would stand for other messages in the new chat (and mark them answered). With
+        nothing stored under the old id nothing changes, so moving again is harmless.
+        """
+        session = self._session
+        old = await self.get(chat_id=old_chat_id)
+        new = await self.get(chat_id=new_chat_id)
+        now = utcnow()
+        if old is not None and new is None:
+            # Copied, not renamed: the turns' foreign key must find a chat under either id.
+            copy = select(
+                literal(new_chat_id, BigInteger()),
+                CHATS.c.type,
+                CHATS.c.title,
+                CHATS.c.model,
+                CHATS.c.created_at,
+                literal(now, CHATS.c.updated_at.type),
+            ).where(CHATS.c.id == old_chat_id)
+            columns = ["id", "type", "title", "model", "created_at", "updated_at"]
+            await session.execute(insert(CHATS).from_select(columns, copy))
+        elif old is not None and new is not None and new.model is None and old.model:
+            await self.set_model(chat_id=new_chat_id, model=old.model)
+        turns = await session.execute(
+            update(TURNS)
+            .where(TURNS.c.chat_id == old_chat_id)
+            .values(chat_id=new_chat_id, telegram_message_id=None)
+        )
+        usage = await session.execute(
+            update(USAGE_RECORDS)
+            .where(USAGE_RECORDS.c.chat_id == old_chat_id)
+            .values(chat_id=new_chat_id)
+        )
+        if old is not None:
+            await session.execute(delete(CHATS).where(CHATS.c.id == old_chat_id))
+        return MovedChat(
+            chat=await self.get(chat_id=new_chat_id),
+            turns=cast(CursorResult[Any], turns).rowcount,
+            usage_records=cast(CursorResult[Any], usage).rowcount,
+            chat_moved=old is not None,
+        )
 
 
 class UserRepository:
@@ -492,3 +564,50 @@ def _bounded_count(name: str, value: int) -> int:
             "usage %s=%s outside [0, %d], stored as %d", name, value, MAX_USAGE_COUNT, bounded
         )
     return bounded
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """An update waiting in the inbox, as Telegram's JSON."""
+
+    update_id: int
+    payload: str
+
+
+class InboxRepository:
+    """Updates fetched from Telegram and not yet handled."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, *, entries: Sequence[InboxEntry]) -> None:
+        """Store updates; one already stored (fetched again) is left as it is."""
+        if not entries:
+            return
+        dialect = self._session.get_bind().dialect.name
+        stmt = _upsert_insert(dialect, INBOX).on_conflict_do_nothing(
+            index_elements=[INBOX.c.update_id]
+        )
+        now = utcnow()
+        await self._session.execute(
+            stmt,
+            [
+                {"update_id": entry.update_id, "payload": entry.payload, "received_at": now}
+                for entry in entries
+            ],
+        )
+
+    async def remove(self, *, update_ids: Sequence[int]) -> None:
+        """Delete handled updates."""
+        ids = list(update_ids)
+        # In slices: each id is a bound parameter, and SQLite caps their number per statement.
+        for start in range(0, len(ids), INBOX_DELETE_SLICE):
+            chunk = ids[start : start + INBOX_DELETE_SLICE]
+            await self._session.execute(delete(INBOX).where(INBOX.c.update_id.in_(chunk)))
+
+    async def waiting(self) -> list[InboxEntry]:
+        """Every update still in the inbox, oldest first."""
+        rows = await self._session.execute(
+            select(INBOX.c.update_id, INBOX.c.payload).order_by(INBOX.c.update_id)
+        )
+        return [InboxEntry(update_id=row.update_id, payload=row.payload) for row in rows]

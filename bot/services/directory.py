@@ -97,6 +97,10 @@ class Directory:
             _put(self._users, user_id, record, self._capacity)
         return record
 
+    def forget_chat(self, chat_id: int) -> None:
+        """Drop the chat's record, whose row has moved or changed behind the Directory's back."""
+        self._chats.pop(chat_id, None)
+
     def remember(self, *records: ChatRecord | UserRecord) -> None:
         """Keep records whose transaction has committed; call it after the commit, never before."""
         for record in records:

@@ -8,14 +8,19 @@ intermediate (a newer text will follow anyway):
 429 Too Many Requests                          block the chat for ``retry_after``; final:
                                                retry, intermediate: DEFERRED
 5xx, network error, a reply that is not JSON   final: back off and retry, intermediate:
-                                               DEFERRED
+(or JSON cut short)                            DEFERRED
 "message is not modified"                      DELIVERED (Telegram already shows it)
 "can't parse entities", "too long" on HTML     once: the plain text instead
 a photo Telegram will not take                 once: the same picture as a file
-"message to edit not found"                    GONE: the caller continues in a new message
+"message to edit not found", "message can't    GONE: the caller continues in a new message
+be edited"
+the group was upgraded to a supergroup         a send: made again in the supergroup; an edit:
+(``migrate_to_chat_id``)                       GONE. Either way `Sent.moved_to` names it
 403, 401, 404, "chat not found"                UNREACHABLE: stop trying this chat
 anything else, or attempts used up             REFUSED, logged
 =============================================  ==============================================
+
+An error answered with HTTP 200 and ``"ok": false`` counts as the error its description names.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from aiogram.exceptions import (
     TelegramAPIError,
     TelegramBadRequest,
     TelegramForbiddenError,
+    TelegramMigrateToChat,
     TelegramNetworkError,
     TelegramNotFound,
     TelegramRetryAfter,
@@ -61,10 +67,24 @@ CHAT_ACTION_RENEW_SECONDS = 4.5
 # ClientDecodeError, which is not a TelegramAPIError.
 TRANSIENT_ERRORS = (TelegramServerError, TelegramNetworkError, ClientDecodeError)
 UNREACHABLE_ERRORS = (TelegramForbiddenError, TelegramUnauthorizedError, TelegramNotFound)
+# Bot API error descriptions begin with the name of their HTTP status ("Bad Request: …"). aiogram
+# picks the exception by the HTTP status alone, so an error answered with HTTP 200 and
+# "ok": false (a proxy or a self-hosted server may do that) is a bare TelegramAPIError.
+_DESCRIBED: tuple[tuple[str, type[TelegramAPIError]], ...] = (
+    ("Bad Request", TelegramBadRequest),
+    ("Forbidden", TelegramForbiddenError),
+    ("Unauthorized", TelegramUnauthorizedError),
+    ("Not Found", TelegramNotFound),
+    ("Internal Server Error", TelegramServerError),
+    ("Bad Gateway", TelegramServerError),
+    ("Service Unavailable", TelegramServerError),
+    ("Gateway Timeout", TelegramServerError),
+)
+_GONE_REASONS = ("message to edit not found", "message can't be edited", "message_id_invalid")
 
-# One Bot API call; its argument says whether to send the fallback form. Returns the id of the
-# message sent, or None for an edit.
-_Call = Callable[[bool], Awaitable[int | None]]
+# One Bot API call: the chat to make it in (a group's new id once it became a supergroup) and
+# whether to send the fallback form. Returns the id of the message sent, or None for an edit.
+_Call = Callable[[int, bool], Awaitable[int | None]]
 
 
 class Outcome(enum.Enum):
@@ -84,6 +104,7 @@ class Sent:
     outcome: Outcome
     message_id: int | None = None  # of a new message; None for edits
     fallback: bool = False  # delivered as plain text, or a photo as a file
+    moved_to: int | None = None  # the supergroup the group became, where a message then went
 
     @property
     def ok(self) -> bool:
@@ -150,14 +171,14 @@ class Delivery:
     ) -> Sent:
         """Send a message: `html` formatted if given, `text` if there is none or it is refused."""
 
-        async def call(plain: bool) -> int | None:
+        async def call(target: int, plain: bool) -> int | None:
             message = await self._bot.send_message(
-                chat_id=chat_id,
+                chat_id=target,
                 text=text if plain or html is None else html,
                 parse_mode=None if plain or html is None else ParseMode.HTML,
                 reply_markup=markup,
                 message_thread_id=thread_id,
-                reply_parameters=_reply(reply_to),
+                reply_parameters=_reply(reply_to, same_chat=target == chat_id),
                 link_preview_options=NO_PREVIEW,
             )
             return message.message_id
@@ -184,9 +205,9 @@ class Delivery:
     ) -> Sent:
         """Replace a message's text (and keyboard), formatted and with fallback as `send_text`."""
 
-        async def call(plain: bool) -> int | None:
+        async def call(target: int, plain: bool) -> int | None:
             await self._bot.edit_message_text(
-                chat_id=chat_id,
+                chat_id=target,
                 message_id=message_id,
                 text=text if plain or html is None else html,
                 parse_mode=None if plain or html is None else ParseMode.HTML,
@@ -202,6 +223,7 @@ class Delivery:
             final=final,
             turn=turn,
             what="edit",
+            movable=False,
         )
 
     async def send_picture(
@@ -221,23 +243,24 @@ class Delivery:
         as_photo = fits_photo(size=len(data), mime_type=mime_type, width=width, height=height)
         caption = shorten_caption(caption)
 
-        async def call(as_file: bool) -> int | None:
+        async def call(target: int, as_file: bool) -> int | None:
             upload = BufferedInputFile(data, filename=filename)
+            reply = _reply(reply_to, same_chat=target == chat_id)
             if as_photo and not as_file:
                 message = await self._bot.send_photo(
-                    chat_id=chat_id,
+                    chat_id=target,
                     photo=upload,
                     caption=caption or None,
                     message_thread_id=thread_id,
-                    reply_parameters=_reply(reply_to),
+                    reply_parameters=reply,
                 )
             else:
                 message = await self._bot.send_document(
-                    chat_id=chat_id,
+                    chat_id=target,
                     document=upload,
                     caption=caption or None,
                     message_thread_id=thread_id,
-                    reply_parameters=_reply(reply_to),
+                    reply_parameters=reply,
                 )
             return message.message_id
 
@@ -261,66 +284,99 @@ class Delivery:
         final: bool,
         turn: Turn | None,
         what: str,
+        movable: bool = True,
     ) -> Sent:
         """Make `call` in the chat's turns until it succeeds or the policy gives up.
 
         `fallback(reason)` says whether a 400 with this (lower-cased) description is worth one
-        more try in the fallback form; `turn`, if held already, is used for the first call.
+        more try in the fallback form; `turn`, if held already, is used for the first call;
+        `movable` says whether the call may be made again in the supergroup a group became.
         """
         turn = turn or self.turn(chat_id)
+        target = chat_id
+        moved_to: int | None = None
         as_fallback = False
         for attempt in range(self._policy.attempts):
             await turn.take()
             try:
                 try:
-                    message_id = await call(as_fallback)
+                    message_id = await _made(call, target, as_fallback)
                 finally:
                     turn.end()
             except TelegramRetryAfter as exc:
-                self._gate.block(chat_id, exc.retry_after)
+                self._gate.block(target, exc.retry_after)
                 logger.info(
                     "chat %s: flood control (%s), retry after %ss",
-                    chat_id,
+                    target,
                     what,
                     exc.retry_after,
                 )
                 if not final:
-                    return Sent(Outcome.DEFERRED)
+                    return Sent(Outcome.DEFERRED, moved_to=moved_to)
+            except TelegramMigrateToChat as exc:
+                new_id = exc.migrate_to_chat_id
+                if not movable or moved_to is not None:
+                    # The group's messages live on in the supergroup under other ids (and a
+                    # supergroup is never upgraded again): nothing to edit there.
+                    logger.info("chat %s: became supergroup %s (%s)", target, new_id, what)
+                    return Sent(Outcome.GONE, moved_to=new_id)
+                logger.info(
+                    "chat %s: became supergroup %s, sending the %s there", target, new_id, what
+                )
+                target = moved_to = new_id
+                turn = self.turn(target)
             except TRANSIENT_ERRORS as exc:
-                logger.info("chat %s: %s failed: %s", chat_id, what, _brief(exc))
+                logger.info("chat %s: %s failed: %s", target, what, _brief(exc))
                 if not final:
-                    return Sent(Outcome.DEFERRED)
+                    return Sent(Outcome.DEFERRED, moved_to=moved_to)
                 await self._sleep(self._policy.backoff(attempt))
             except TelegramBadRequest as exc:
                 reason = exc.message.lower()
                 if "not modified" in reason:
                     # A repeated edit (a double press, a resent final text) shows it already.
-                    return Sent(Outcome.DELIVERED, fallback=as_fallback)
-                if "message to edit not found" in reason or "message_id_invalid" in reason:
-                    return Sent(Outcome.GONE)
+                    return Sent(Outcome.DELIVERED, fallback=as_fallback, moved_to=moved_to)
+                if any(gone in reason for gone in _GONE_REASONS):
+                    # Deleted by the user, or no longer editable: the text must go elsewhere.
+                    return Sent(Outcome.GONE, moved_to=moved_to)
                 if "chat not found" in reason:
-                    logger.warning("chat %s: unreachable: %s", chat_id, exc.message)
-                    return Sent(Outcome.UNREACHABLE)
+                    logger.warning("chat %s: unreachable: %s", target, exc.message)
+                    return Sent(Outcome.UNREACHABLE, moved_to=moved_to)
                 if fallback is not None and not as_fallback and fallback(reason):
                     logger.warning(
-                        "chat %s: %s refused (%s), trying its fallback", chat_id, what, exc.message
+                        "chat %s: %s refused (%s), trying its fallback", target, what, exc.message
                     )
                     as_fallback = True
                     continue
-                logger.error("chat %s: %s refused: %s", chat_id, what, exc.message)
-                return Sent(Outcome.REFUSED)
+                logger.error("chat %s: %s refused: %s", target, what, exc.message)
+                return Sent(Outcome.REFUSED, moved_to=moved_to)
             except UNREACHABLE_ERRORS as exc:
-                logger.warning("chat %s: unreachable: %s", chat_id, exc.message)
-                return Sent(Outcome.UNREACHABLE)
+                logger.warning("chat %s: unreachable: %s", target, exc.message)
+                return Sent(Outcome.UNREACHABLE, moved_to=moved_to)
             except TelegramAPIError as exc:
-                logger.error("chat %s: unexpected Telegram error (%s): %s", chat_id, what, exc)
-                return Sent(Outcome.REFUSED)
+                logger.error("chat %s: unexpected Telegram error (%s): %s", target, what, exc)
+                return Sent(Outcome.REFUSED, moved_to=moved_to)
             else:
-                return Sent(Outcome.DELIVERED, message_id=message_id, fallback=as_fallback)
-        logger.error(
-            "chat %s: %s given up after %s attempts", chat_id, what, self._policy.attempts
-        )
-        return Sent(Outcome.REFUSED)
+                return Sent(
+                    Outcome.DELIVERED,
+                    message_id=message_id,
+                    fallback=as_fallback,
+                    moved_to=moved_to,
+                )
+        logger.error("chat %s: %s given up after %s attempts", target, what, self._policy.attempts)
+        return Sent(Outcome.REFUSED, moved_to=moved_to)
+
+
+async def _made(call: _Call, target: int, plain: bool) -> int | None:
+    """`call`'s result; an error answered with HTTP 200 raised as the error it describes."""
+    try:
+        return await call(target, plain)
+    except TelegramAPIError as exc:
+        if type(exc) is not TelegramAPIError:
+            raise
+        for name, kind in _DESCRIBED:
+            if exc.message.startswith(name):
+                raise kind(method=exc.method, message=exc.message) from exc
+        raise
 
 
 def _formatting_refused(reason: str) -> bool:
@@ -334,8 +390,9 @@ def _brief(exc: Exception) -> str:
     return str(exc)
 
 
-def _reply(message_id: int | None) -> ReplyParameters | None:
-    if message_id is None:
+def _reply(message_id: int | None, *, same_chat: bool = True) -> ReplyParameters | None:
+    if message_id is None or not same_chat:
+        # A group's messages have other ids in the supergroup it became.
         return None
     # The triggering message may have been deleted meanwhile; answer anyway.
     return ReplyParameters(message_id=message_id, allow_sending_without_reply=True)

@@ -22,26 +22,94 @@ Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
 
 @dataclass
 class InflightTracker:
-    """Outer update middleware: remembers handled update ids and the tasks still running."""
+    """Outer update middleware: the tasks still running and which updates are done with.
+
+    An update is done with once its handler has finished (answered, or failed and told the
+    user) or was interrupted at shutdown with a visible note; its id then waits in `handled`
+    until the inbox (bot/telegram/inbox.py) deletes it. After `stop()`, a handler that has not
+    begun (say, a message queued behind its chat's answer) is not begun at all: its update
+    stays in the inbox for the next start.
+    """
 
     last_update_id: int | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    handled: set[int] = field(default_factory=set)
+    stopping: bool = False
+    # Updates taken up in this process: a replayed one that polling fetches again is skipped.
+    _seen: set[int] = field(default_factory=set)
+    _inflight: set[int] = field(default_factory=set)
+    _begun: set[int] = field(default_factory=set)
+    _deferred: set[int] = field(default_factory=set)
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        """Track the update while its handler runs."""
-        if isinstance(event, Update) and event.update_id > (self.last_update_id or -1):
-            self.last_update_id = event.update_id
+        """Track the update while its handler runs; skip one already taken up."""
+        if not isinstance(event, Update):
+            return await handler(event, data)
+        update_id = event.update_id
+        if update_id in self._seen:
+            logger.debug("update %s was already taken up, skipping it", update_id)
+            if update_id not in self._inflight:
+                # Stored again by the fetch that brought it back: delete it again.
+                self.handled.add(update_id)
+            return None
+        self._seen.add(update_id)
+        self._inflight.add(update_id)
+        if update_id > (self.last_update_id or -1):
+            self.last_update_id = update_id
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
+        done = True
         try:
             return await handler(event, data)
+        except asyncio.CancelledError:
+            # Cancelled before its handler began (waiting for its chat's turn): not answered.
+            done = update_id in self._begun
+            raise
         finally:
             if task is not None:
                 self.tasks.discard(task)
+            self._inflight.discard(update_id)
+            self._begun.discard(update_id)
+            if update_id in self._deferred:
+                self._deferred.discard(update_id)
+                done = False
+            if done:
+                self.handled.add(update_id)
+            else:
+                # Taken up again if it is fed again (it stays in the inbox).
+                self._seen.discard(update_id)
 
-    async def drain(self, grace: float) -> None:
-        """Let running handlers finish for up to `grace` seconds, then cancel the rest."""
+    async def admit(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
+        """Inner middleware: begin the handler, unless the bot is stopping."""
+        update: Update | None = data.get("event_update")
+        if update is None:
+            return await handler(event, data)
+        if self.stopping:
+            self._deferred.add(update.update_id)
+            return None
+        self._begun.add(update.update_id)
+        return await handler(event, data)
+
+    def stop(self) -> None:
+        """Begin no more handlers from now on."""
+        self.stopping = True
+
+    def forget_below(self, update_id: int) -> None:
+        """Forget updates below this id: Telegram confirmed them and never sends them again."""
+        self._seen = {seen for seen in self._seen if seen >= update_id}
+
+    def take_handled(self) -> set[int]:
+        """The handled update ids, handed over (to be deleted from the inbox)."""
+        handled, self.handled = self.handled, set()
+        return handled
+
+    async def drain(self, grace: float, *, finish: float = 1.0) -> None:
+        """Let running handlers finish for up to `grace` seconds, then cancel the rest.
+
+        Cancelled answers get `finish` seconds to show their note, so that grace plus finish
+        stays within docker stop's 10 s.
+        """
         current = asyncio.current_task()
         pending = {t for t in self.tasks if t is not current and not t.done()}
         if not pending:
@@ -52,7 +120,7 @@ class InflightTracker:
             task.cancel()
         if still:
             logger.info("interrupting %s answers", len(still))
-            await asyncio.wait(still, timeout=30)
+            await asyncio.wait(still, timeout=finish)
 
 
 class LocaleMiddleware(BaseMiddleware):

@@ -7,17 +7,30 @@ from aiogram.enums import ChatAction
 from aiogram.types import InlineKeyboardMarkup, Message
 from aiogram.utils.chat_action import ChatActionSender
 
-from bot.telegram.delivery import Delivery, DeliveryPolicy
+from bot.services.migration import ChatMigration
+from bot.telegram.delivery import Delivery, DeliveryPolicy, Sent
 from bot.telegram.filters import GROUP_TYPES
 from bot.telegram.pacing import FloodGate
 from bot.telegram.streaming import TelegramReplyWriter
 
 
 class Replies:
-    """Answers a message in its chat and topic: in groups as a reply to it."""
+    """Answers a message in its chat and topic: in groups as a reply to it.
 
-    def __init__(self, *, bot: Bot, gate: FloodGate, policy: DeliveryPolicy | None = None) -> None:
+    When an answer finds the group upgraded to a supergroup (it then goes there), the chat's
+    stored data follows it through `migration`.
+    """
+
+    def __init__(
+        self,
+        *,
+        bot: Bot,
+        gate: FloodGate,
+        policy: DeliveryPolicy | None = None,
+        migration: ChatMigration | None = None,
+    ) -> None:
         self._delivery = Delivery(bot=bot, gate=gate, policy=policy)
+        self._migration = migration
 
     def writer(self, message: Message) -> TelegramReplyWriter:
         """A stream writer answering `message`."""
@@ -30,9 +43,10 @@ class Replies:
 
     async def text(self, message: Message, text: str) -> None:
         """Send a short plain-text answer to `message`."""
-        await self._delivery.send_text(
+        sent = await self._delivery.send_text(
             message.chat.id, text, thread_id=_thread(message), reply_to=_reply_to(message)
         )
+        await self._follow(message, sent)
 
     def chat_action(self, message: Message, action: ChatAction) -> ChatActionSender:
         """`action` shown in `message`'s chat while the returned sender's block runs."""
@@ -61,6 +75,7 @@ class Replies:
             thread_id=_thread(message),
             reply_to=_reply_to(message),
         )
+        await self._follow(message, sent)
         return sent.ok
 
     async def keyboard(self, message: Message, text: str, markup: InlineKeyboardMarkup) -> bool:
@@ -72,6 +87,7 @@ class Replies:
             thread_id=_thread(message),
             reply_to=_reply_to(message),
         )
+        await self._follow(message, sent)
         return sent.ok
 
     async def edit(
@@ -81,7 +97,17 @@ class Replies:
         sent = await self._delivery.edit_text(
             message.chat.id, message.message_id, text, markup=markup
         )
+        await self._follow(message, sent)
         return sent.ok
+
+    async def chat_moved(self, *, old_chat_id: int, new_chat_id: int) -> None:
+        """Move the chat's stored data to the supergroup its group became."""
+        if self._migration is not None:
+            await self._migration.move(old_chat_id=old_chat_id, new_chat_id=new_chat_id)
+
+    async def _follow(self, message: Message, sent: Sent) -> None:
+        if sent.moved_to is not None:
+            await self.chat_moved(old_chat_id=message.chat.id, new_chat_id=sent.moved_to)
 
 
 def _reply_to(message: Message) -> int | None:

@@ -63,7 +63,11 @@ class BotSession(AiohttpSession):
         self._pin(method.__returning__)
         try:
             return super().check_response(bot, method, status_code, content)
-        except ClientDecodeError:
+        except ClientDecodeError as exc:
+            # Only an answer that is JSON can hold a poison update; anything else (JSON cut
+            # short, a proxy's HTML page) stays the ClientDecodeError the delivery path retries.
+            if not isinstance(exc.original, ValidationError):
+                raise
             repaired = _without_poison(method, self.json_loads(content), bot)
             if repaired is None:
                 raise

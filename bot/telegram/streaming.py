@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from aiogram.enums import ChatAction
 
-from bot.telegram.delivery import Delivery, Outcome
+from bot.telegram.delivery import Delivery, Outcome, Sent
 from bot.telegram.render import first_piece, render_fitting, render_html
 
 
@@ -39,7 +39,9 @@ class TelegramReplyWriter:
     the chat's pacing allows, always sending the newest text, so a slow Telegram never slows
     reading the backend and a fast backend never floods Telegram. Past 4096 characters the
     message is frozen at a paragraph or line boundary and the answer continues in a new message.
-    How each call reaches Telegram (pacing, retries, fallbacks) is up to `Delivery`.
+    How each call reaches Telegram (pacing, retries, fallbacks) is up to `Delivery`. A chat
+    that turns out unreachable (the bot blocked or removed) gets no further call for the answer;
+    a group that turns out upgraded to a supergroup gets the rest of the answer there.
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class TelegramReplyWriter:
         self._typing = contextlib.AsyncExitStack()
         self._turn = delivery.turn(chat_id)
         self._dead = False  # the chat is unreachable (bot blocked, chat gone)
+        self._moved_to: int | None = None
 
     @property
     def shown(self) -> bool:
@@ -71,6 +74,11 @@ class TelegramReplyWriter:
     def message_ids(self) -> list[int]:
         """Ids of the messages that carry the answer, in order."""
         return list(self._state.sent_ids)
+
+    @property
+    def moved_to(self) -> int | None:
+        """The supergroup the group became while answering, if Telegram said so."""
+        return self._moved_to
 
     async def start(self) -> None:
         """Show "typing…" until the first text is visible."""
@@ -118,6 +126,7 @@ class TelegramReplyWriter:
         sent = await self._delivery.send_text(
             self._chat_id, text, thread_id=self._thread_id, reply_to=reply_to
         )
+        self._follow(sent)
         if sent.outcome is Outcome.UNREACHABLE:
             self._dead = True
         return sent.message_id
@@ -144,7 +153,8 @@ class TelegramReplyWriter:
                     break
             self._changed.clear()
             await self._deliver(final=False)
-            if self.shown:
+            if self.shown or self._dead:
+                # Renewing "typing…" in a chat that cannot be written to is a call for nothing.
                 await self._typing.aclose()
         return await self._deliver(final=True)
 
@@ -215,6 +225,7 @@ class TelegramReplyWriter:
                     final=final,
                     turn=self._turn,
                 )
+                self._follow(sent)
                 if sent.ok and sent.message_id is not None:
                     st.current = _Shown(sent.message_id, plain if sent.fallback else html)
                     st.sent_ids.append(sent.message_id)
@@ -228,13 +239,25 @@ class TelegramReplyWriter:
                     final=final,
                     turn=self._turn,
                 )
+                self._follow(sent)
                 if sent.ok:
                     st.current.content = plain if sent.fallback else html
                     return True
                 if sent.outcome is Outcome.GONE:
-                    # The user deleted the message being written: continue in a new one.
+                    # Deleted by the user, no longer editable, or left behind in a group that
+                    # became a supergroup: continue in a new message.
                     st.current = None
                     continue
             if sent.outcome is Outcome.UNREACHABLE:
                 self._dead = True
             return False
+
+    def _follow(self, sent: Sent) -> None:
+        """Write to the supergroup from now on if the group has become one."""
+        if sent.moved_to is None or sent.moved_to == self._chat_id:
+            return
+        self._moved_to = self._chat_id = sent.moved_to
+        # The group's messages have other ids in the supergroup: nothing there to reply to.
+        self._reply_to = None
+        self._turn.end()
+        self._turn = self._delivery.turn(sent.moved_to)

@@ -122,3 +122,31 @@ async def test_unreachable_telegram_is_retried_and_sigterm_still_stops(tmp_path:
             proc.kill()
     assert proc.returncode == 0
     assert "Traceback" not in err.decode()
+
+
+async def test_sigterm_during_start_up_stops_cleanly(tmp_path: Path) -> None:
+    database = tmp_path / "data" / "bot.db"
+    async with FakeTelegram(token=TOKEN) as tg, FakeLLM(api_key=API_KEY) as llm:
+        # While migrating (the database file appears), then while reaching Telegram (getMe).
+        # (Not earlier: bot/__init__.py imports aiogram, 1.5 s, before bot.__main__ runs.)
+        def migrating(_: FakeTelegram) -> bool:
+            return database.exists()
+
+        def reaching_telegram(t: FakeTelegram) -> bool:
+            return bool(t.calls_to("getMe"))
+
+        for reached in (migrating, reaching_telegram):
+            database.unlink(missing_ok=True)
+            tg.calls.clear()
+            proc = await run_with_fakes(tmp_path, tg, llm)
+            try:
+                await tg.wait_for(reached, timeout=60)
+                proc.send_signal(signal.SIGTERM)
+                _, err = await asyncio.wait_for(proc.communicate(), timeout=15)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+            assert proc.returncode == 0, err.decode()
+            assert "Traceback" not in err.decode()
+            if reached is migrating:
+                assert not tg.calls_to("getUpdates")

@@ -50,7 +50,18 @@ automatic limits are enabled.
 Group privacy mode is on by default (``getMe`` says ``can_read_all_group_messages: false``):
 in groups, only messages that start with ``/`` (and are not addressed to another bot), mention
 the bot by username, or reply to one of its messages are delivered; others are kept in
-``withheld``. Set ``privacy_mode = False`` to deliver everything.
+``withheld``. Service messages (``migrate_to_chat_id`` and the like) are always delivered. Set
+``privacy_mode = False`` to deliver everything.
+
+Upgraded groups (`FakeTelegram.upgrade_group`): a basic group becomes a supergroup with a new
+id; every call naming the old id then fails with ``400 Bad Request: group chat was upgraded to a
+supergroup chat`` and ``parameters.migrate_to_chat_id``, and the service messages announcing it
+are queued.
+
+Faults beyond Telegram's own answers: `FakeTelegram.fail_next` (any status and description),
+`FakeTelegram.disconnect_next` (the connection dropped, before or after the call took effect)
+and `FakeTelegram.answer_next_raw` (bytes as given, e.g. JSON cut short, or HTTP 200 with
+``"ok": false`` as a broken proxy may send).
 
 Chat members: ``getChatMember`` answers ``creator`` or ``administrator`` for users named with
 `FakeTelegram.set_admins`, ``member`` for the bot and for users seen in the chat (they wrote or
@@ -108,6 +119,7 @@ NOT_MODIFIED = (
     "exactly the same as a current content and reply markup of the message"
 )
 QUERY_TOO_OLD = "Bad Request: query is too old and response timeout expired or query ID is invalid"
+UPGRADED = "Bad Request: group chat was upgraded to a supergroup chat"
 MAX_TEXT_LENGTH = 4096
 MAX_CAPTION_LENGTH = 1024
 
@@ -138,6 +150,18 @@ CHAT_ACTIONS = frozenset(
     }
 )
 # Telegram's default when allowed_updates is empty or was never given.
+# Service messages reach a bot whatever its privacy mode (Bot API, "Privacy mode").
+SERVICE_MESSAGE_FIELDS = frozenset(
+    {
+        "new_chat_members",
+        "left_chat_member",
+        "new_chat_title",
+        "group_chat_created",
+        "supergroup_chat_created",
+        "migrate_to_chat_id",
+        "migrate_from_chat_id",
+    }
+)
 DEFAULT_EXCLUDED_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 
 _INT_PARAMS = frozenset(
@@ -908,6 +932,7 @@ class _Chat:
     # Users seen in the chat (as User objects) and statuses set by tests (creator, administrator).
     members: dict[int, dict[str, Any]] = field(default_factory=dict)
     statuses: dict[int, str] = field(default_factory=dict)
+    migrated_to: int | None = None  # the supergroup this group was upgraded to
 
     def json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id}
@@ -935,6 +960,8 @@ class _Injection:
     description: str = ""
     retry_after: int | None = None
     after_processing: bool = False
+    raw: bytes | None = None  # answer these bytes as they are (with `status`)
+    content_type: str = "application/json"
 
 
 class _ApiError(Exception):
@@ -1120,6 +1147,9 @@ class FakeTelegram:
         **extra_message_fields: Any,
     ) -> dict[str, Any]:
         """Queue a message from a user; returns the Update (no update_id if privacy-withheld)."""
+        upgraded = self._chats.get(chat_id)
+        if upgraded is not None and upgraded.migrated_to is not None:
+            raise ValueError(f"group {chat_id} was upgraded to {upgraded.migrated_to}")
         chat = self._ensure_chat(chat_id, chat_type, chat_title, first_name, username)
         user = self._user_json(chat, user_id, first_name, username, language_code, is_bot=is_bot)
         self._remember(chat, user)
@@ -1236,6 +1266,67 @@ class FakeTelegram:
         if creator is not None:
             chat.statuses[creator] = "creator"
 
+    def upgrade_group(
+        self,
+        chat_id: int,
+        *,
+        new_chat_id: int,
+        user_id: int | None = None,
+        first_name: str = "Alice",
+        username: str | None = "alice",
+        language_code: str | None = "en",
+        announce: bool = True,
+    ) -> list[dict[str, Any]]:
+        """A basic group is upgraded to a supergroup with id `new_chat_id` (``-100…``).
+
+        The supergroup keeps the title and members. Every later call naming the old id fails
+        with ``400 Bad Request: group chat was upgraded to a supergroup chat`` and
+        ``parameters.migrate_to_chat_id``, as the Bot API answers. With `announce`, the service
+        messages are queued: ``migrate_to_chat_id`` in the old group, then
+        ``migrate_from_chat_id`` in the supergroup, sent by the user who upgraded it. Returns
+        the queued updates.
+        """
+        old = self._chats[chat_id]
+        if old.type != "group":
+            raise ValueError("only basic groups are upgraded to supergroups")
+        if old.migrated_to is not None:
+            raise ValueError(f"group {chat_id} was upgraded already")
+        if new_chat_id in self._chats or not str(new_chat_id).startswith("-100"):
+            raise ValueError("a supergroup needs a new id of the form -100…")
+        new = _Chat(
+            new_chat_id,
+            "supergroup",
+            title=old.title,
+            members=dict(old.members),
+            statuses=dict(old.statuses),
+        )
+        self._chats[new_chat_id] = new
+        old.migrated_to = new_chat_id
+        if not announce:
+            return []
+        user = self._user_json(old, user_id, first_name, username, language_code)
+        date = int(time.time())
+        moved_to: dict[str, Any] = {
+            "message_id": old.take_message_id(),
+            "from": user,
+            "chat": old.json(),
+            "date": date,
+            "migrate_to_chat_id": new_chat_id,
+        }
+        moved_from: dict[str, Any] = {
+            "message_id": new.take_message_id(),
+            "from": user,
+            "chat": new.json(),
+            "date": date,
+            "migrate_from_chat_id": chat_id,
+        }
+        old.user_messages[moved_to["message_id"]] = moved_to
+        new.user_messages[moved_from["message_id"]] = moved_from
+        return [
+            self._queue_update("message", moved_to, old),
+            self._queue_update("message", moved_from, new),
+        ]
+
     def block_bot(self, chat_id: int, blocked: bool = True) -> None:
         """The user blocks (or unblocks) the bot: every call to the chat gets 403."""
         self._chats[chat_id].blocked_bot = blocked
@@ -1349,6 +1440,36 @@ class FakeTelegram:
             _Injection(method.lower(), times, after_processing=after_processing)
         )
 
+    def answer_next_raw(
+        self,
+        method: str,
+        body: str | bytes,
+        *,
+        status: int = 200,
+        times: int = 1,
+        chat_id: int | None = None,
+        content_type: str = "application/json",
+        after_processing: bool = False,
+    ) -> None:
+        """Answer the next `times` calls of `method` (to `chat_id`, if given) with `body` as is.
+
+        The connection is closed after it. For what Telegram itself never sends but a broken
+        proxy or server may: JSON cut short (``{"ok": true, "result": {"message_id"``), or
+        HTTP 200 with ``"ok": false``. With `after_processing` the call takes effect first.
+        """
+        raw = body.encode("utf-8") if isinstance(body, str) else body
+        self._injections.append(
+            _Injection(
+                method.lower(),
+                times,
+                chat_id=chat_id,
+                status=status,
+                after_processing=after_processing,
+                raw=raw,
+                content_type=content_type,
+            )
+        )
+
     # ---------------------------------------------------------------- HTTP plumbing
 
     async def _handle_file(self, request: web.Request) -> web.StreamResponse:
@@ -1389,9 +1510,12 @@ class FakeTelegram:
         chat_id = call.chat_id
 
         injection = self._take_injection(method, chat_id)
-        if injection is not None and injection.status == 0 and not injection.after_processing:
+        if injection is not None and injection.raw is not None:
+            if not injection.after_processing:
+                return self._raw(ctx, injection)
+        elif injection is not None and injection.status == 0 and not injection.after_processing:
             return self._hang_up(ctx)
-        if injection is not None and injection.status:
+        elif injection is not None and injection.status:
             parameters = None
             if injection.retry_after is not None:
                 parameters = {"retry_after": injection.retry_after}
@@ -1404,6 +1528,9 @@ class FakeTelegram:
             )
 
         chat = self._chats.get(chat_id) if chat_id is not None else None
+        if chat is not None and chat.migrated_to is not None:
+            parameters = {"migrate_to_chat_id": chat.migrated_to}
+            return self._error(call, _ApiError(400, UPGRADED, parameters))
         if chat is not None and chat.blocked_bot:
             reason = (
                 "bot was blocked by the user"
@@ -1430,7 +1557,7 @@ class FakeTelegram:
         else:
             response = self._success(call, result)
         if injection is not None and injection.after_processing:
-            return self._hang_up(ctx)
+            return self._raw(ctx, injection) if injection.raw is not None else self._hang_up(ctx)
         return response
 
     def _take_injection(self, method: str, chat_id: int | None) -> _Injection | None:
@@ -1452,6 +1579,20 @@ class FakeTelegram:
         if transport is not None:
             transport.abort()
         return web.Response()
+
+    def _raw(self, ctx: _Context, injection: _Injection) -> web.StreamResponse:
+        raw = injection.raw or b""
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = None
+        ctx.call.status = injection.status
+        ctx.call.response = parsed if isinstance(parsed, dict) else {}
+        response = web.Response(
+            status=injection.status, body=raw, content_type=injection.content_type
+        )
+        response.force_close()
+        return response
 
     def _success(self, call: Call, result: Any) -> web.StreamResponse:
         body = {"ok": True, "result": result}
@@ -1565,6 +1706,8 @@ class FakeTelegram:
 
     def _privacy_allows(self, message: dict[str, Any], chat: _Chat) -> bool:
         if not self.privacy_mode or chat.type in ("private", "channel"):
+            return True
+        if SERVICE_MESSAGE_FIELDS.intersection(message):
             return True
         replied = message.get("reply_to_message")
         if replied and replied.get("from", {}).get("id") == self.bot_id:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,8 +14,11 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
     TelegramBadRequest,
     TelegramForbiddenError,
+    TelegramMigrateToChat,
     TelegramNetworkError,
     TelegramRetryAfter,
 )
@@ -31,6 +35,7 @@ from aiogram.types import (
 from tests.fakes.telegram import (
     CONFLICT_GET_UPDATES,
     NOT_MODIFIED,
+    UPGRADED,
     FakeTelegram,
     FloodControl,
     utf16_len,
@@ -664,6 +669,70 @@ async def test_injected_failures(tg: FakeTelegram, bot: Bot, http: aiohttp.Clien
         await send(http, tg, "delivered, answer lost")
     assert tg.messages(CHAT)[-1].text == "delivered, answer lost"
     assert tg.calls_to("sendMessage")[-1].status == -1
+
+
+async def test_raw_answers_truncated_json_and_ok_false_with_200(
+    tg: FakeTelegram, bot: Bot
+) -> None:
+    tg.answer_next_raw("sendMessage", '{"ok": true, "result": {"message_id"')
+    with pytest.raises(ClientDecodeError):
+        await bot.send_message(CHAT, "cut short")
+    assert tg.messages(CHAT) == []  # answered before the call took effect
+    assert tg.calls_to("sendMessage")[-1].status == 200
+
+    ok_false = {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}
+    tg.answer_next_raw("sendMessage", json.dumps(ok_false), chat_id=CHAT)
+    # aiogram classifies errors by HTTP status alone: a 200 gives the bare TelegramAPIError.
+    with pytest.raises(TelegramAPIError) as error:
+        await bot.send_message(CHAT, "refused")
+    assert type(error.value) is TelegramAPIError
+    assert error.value.message == "Bad Request: chat not found"
+    assert tg.calls_to("sendMessage")[-1].description == "Bad Request: chat not found"
+
+    tg.answer_next_raw("sendMessage", "{", after_processing=True, times=2)
+    for _ in range(2):
+        with pytest.raises(ClientDecodeError):
+            await bot.send_message(CHAT, "sent, answer garbled")
+    assert [m.text for m in tg.messages(CHAT)] == ["sent, answer garbled"] * 2
+    assert (await bot.send_message(CHAT, "normal again")).text == "normal again"
+
+
+async def test_upgraded_group_refuses_its_old_id_and_announces_the_move(
+    tg: FakeTelegram, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    old, new = -4242, -1009876543210
+    tg.register_chat(old, chat_type="group", title="Team")
+    await bot.send_message(old, "before")
+    with pytest.raises(ValueError, match="basic groups"):
+        tg.upgrade_group(CHAT, new_chat_id=new)
+    updates = tg.upgrade_group(old, new_chat_id=new, user_id=7)
+
+    with pytest.raises(TelegramMigrateToChat) as moved:
+        await bot.send_message(old, "after")
+    assert moved.value.migrate_to_chat_id == new
+    with pytest.raises(TelegramMigrateToChat):
+        await bot.send_chat_action(old, "typing")
+    status, body = await send(http, tg, "raw", chat_id=old)
+    assert status == 400
+    assert body["description"] == UPGRADED
+    assert body["parameters"] == {"migrate_to_chat_id": new}
+
+    sent = await bot.send_message(new, "after")
+    assert (sent.chat.id, sent.chat.type, sent.chat.title) == (new, "supergroup", "Team")
+    # Service messages pass privacy mode: the bot learns of the move from both sides.
+    assert [u["update_id"] for u in updates] == [u["update_id"] for u in tg.pending_updates()]
+    to, from_ = (u["message"] for u in updates)
+    assert (to["chat"]["id"], to["migrate_to_chat_id"], to["from"]["id"]) == (old, new, 7)
+    assert (from_["chat"]["id"], from_["migrate_from_chat_id"]) == (new, old)
+    with pytest.raises(ValueError, match="upgraded"):
+        tg.user_message(chat_id=old, chat_type="group", text="too late")
+    with pytest.raises(ValueError, match="already"):
+        tg.upgrade_group(old, new_chat_id=-1001)
+
+    tg.register_chat(-4343, chat_type="group")
+    assert tg.upgrade_group(-4343, new_chat_id=-1001111, announce=False) == []
+    with pytest.raises(TelegramMigrateToChat):
+        await bot.send_message(-4343, "quiet move")
 
 
 async def test_wait_for_reports_recent_calls(

@@ -40,6 +40,8 @@ from bot.telegram.streaming import TelegramReplyWriter
 
 TOKEN = "42:TEST"
 CHAT = 1001
+GROUP = -4242
+SUPERGROUP = -1001234567890
 PARSE_ERROR = 'Bad Request: can\'t parse entities: Unsupported start tag "x" at byte offset 0'
 
 
@@ -87,6 +89,16 @@ class ScriptedSession(BaseSession):
         if retry_after is not None:
             body["parameters"] = {"retry_after": retry_after}
         self.replies.append((status, json.dumps(body)))
+
+    def migrate(self, new_chat_id: int) -> None:
+        """Script the answer to a call naming a group that has become a supergroup."""
+        body = {
+            "ok": False,
+            "error_code": 400,
+            "description": "Bad Request: group chat was upgraded to a supergroup chat",
+            "parameters": {"migrate_to_chat_id": new_chat_id},
+        }
+        self.replies.append((400, json.dumps(body)))
 
     def drop(self) -> None:
         """Script a lost connection, as aiohttp's session reports it."""
@@ -231,6 +243,74 @@ async def test_a_proxys_html_error_page_is_transient() -> None:
     assert t.backoffs == [0.5]  # backed off as after any transient failure
 
 
+async def test_a_reply_cut_short_is_transient() -> None:
+    # A proxy or a network that ends the answer early: JSON that never finishes.
+    calls: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        calls.append(request.match_info["method"])
+        if len(calls) == 1:
+            cut = '{"ok": true, "result": {"message_id"'
+            return web.Response(text=cut, content_type="application/json")
+        message = {"message_id": 5, "date": 0, "chat": {"id": CHAT, "type": "private"}}
+        return web.json_response({"ok": True, "result": message})
+
+    app = web.Application()
+    app.router.add_post("/bot{token}/{method}", handle)
+    server = TestServer(app)
+    await server.start_server()
+    t = FakeTime()
+    session = BotSession(api=TelegramAPIServer.from_base(str(server.make_url("")).rstrip("/")))
+    bot = Bot(token=TOKEN, session=session)
+    gate = FloodGate(clock=t.clock, sleep=t.sleep)
+    try:
+        sent = await Delivery(bot=bot, gate=gate, sleep=t.backoff).send_text(CHAT, "hello")
+    finally:
+        await session.close()
+        await server.close()
+    assert sent.ok and sent.message_id == 5
+    assert calls == ["sendMessage", "sendMessage"]
+    assert t.backoffs == [0.5]
+
+
+# ---- HTTP 200 with "ok": false -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "description", "outcome"),
+    [
+        (400, "Bad Request: message is not modified", Outcome.DELIVERED),
+        (400, "Bad Request: message to edit not found", Outcome.GONE),
+        (403, "Forbidden: bot was blocked by the user", Outcome.UNREACHABLE),
+        (400, "Bad Request: message must be non-empty", Outcome.REFUSED),
+    ],
+)
+async def test_an_error_answered_with_http_200_is_the_error_it_describes(
+    rig: Rig, code: int, description: str, outcome: Outcome
+) -> None:
+    body = {"ok": False, "error_code": code, "description": description}
+    rig.session.replies.append((200, json.dumps(body)))
+    sent = await rig.delivery.edit_text(CHAT, 7, "text")
+    assert sent.outcome is outcome
+    assert len(rig.session.requests) == 1
+
+
+async def test_a_server_error_answered_with_http_200_is_retried(rig: Rig) -> None:
+    body = {"ok": False, "error_code": 502, "description": "Bad Gateway"}
+    rig.session.replies.append((200, json.dumps(body)))
+    sent = await rig.delivery.send_text(CHAT, "hello")
+    assert sent.ok
+    assert len(rig.session.requests) == 2
+    assert rig.t.backoffs == [0.5]
+
+
+async def test_formatting_refused_with_http_200_falls_back_to_plain_text(rig: Rig) -> None:
+    body = {"ok": False, "error_code": 400, "description": PARSE_ERROR}
+    rig.session.replies.append((200, json.dumps(body)))
+    sent = await rig.delivery.send_text(CHAT, "**bold**", html="<b>bold</b>")
+    assert sent.ok and sent.fallback
+
+
 # ---- Bad Request ---------------------------------------------------------------------------
 
 
@@ -266,8 +346,12 @@ async def test_plain_text_is_not_retried_after_a_parse_error(rig: Rig) -> None:
     assert len(rig.session.requests) == 2
 
 
-async def test_an_edit_of_a_deleted_message_is_gone(rig: Rig) -> None:
-    rig.session.fail(400, "Bad Request: message to edit not found")
+@pytest.mark.parametrize(
+    "description",
+    ["Bad Request: message to edit not found", "Bad Request: message can't be edited"],
+)
+async def test_an_edit_of_a_deleted_or_frozen_message_is_gone(rig: Rig, description: str) -> None:
+    rig.session.fail(400, description)
     sent = await rig.delivery.edit_text(CHAT, 7, "more", html="more")
     assert sent.outcome is Outcome.GONE
     assert len(rig.session.requests) == 1
@@ -322,19 +406,80 @@ async def test_the_writer_stops_writing_to_an_unreachable_chat(rig: Rig) -> None
     assert len(rig.session.sent(SendMessage)) == 1
 
 
-async def test_the_writer_continues_in_a_new_message_when_its_message_is_deleted(
-    rig: Rig,
+@pytest.mark.parametrize(
+    "description",
+    ["Bad Request: message to edit not found", "Bad Request: message can't be edited"],
+)
+async def test_the_writer_continues_in_a_new_message_when_its_message_is_gone(
+    rig: Rig, description: str
 ) -> None:
     writer = TelegramReplyWriter(delivery=rig.delivery, chat_id=CHAT)
     writer.push("Hello")
     assert await writer.finish()
-    rig.session.fail(400, "Bad Request: message to edit not found")
+    rig.session.fail(400, description)
     writer.push(", world")
     assert await writer.finish()
     kinds = [type(r.method) for r in rig.session.requests]
     assert kinds == [SendMessage, EditMessageText, SendMessage]
     assert rig.session.requests[-1].method.text == "Hello, world"
     assert len(writer.message_ids) == 2
+
+
+# ---- a group upgraded to a supergroup ------------------------------------------------------
+
+
+async def test_a_message_for_an_upgraded_group_goes_to_the_supergroup(rig: Rig) -> None:
+    rig.session.migrate(SUPERGROUP)
+    sent = await rig.delivery.send_text(GROUP, "hello", reply_to=5)
+    assert sent.ok and sent.moved_to == SUPERGROUP
+    first, second = (r.method for r in rig.session.sent(SendMessage))
+    assert (first.chat_id, first.reply_parameters.message_id) == (GROUP, 5)
+    # Message 5 of the group is another message, or none, in the supergroup.
+    assert (second.chat_id, second.reply_parameters) == (SUPERGROUP, None)
+    assert rig.t.backoffs == []
+
+
+async def test_a_picture_for_an_upgraded_group_goes_to_the_supergroup(rig: Rig) -> None:
+    rig.session.migrate(SUPERGROUP)
+    sent = await rig.delivery.send_picture(
+        GROUP,
+        data=b"\x89PNG",
+        filename="fox.png",
+        mime_type="image/png",
+        width=512,
+        height=512,
+        caption="a fox",
+    )
+    assert sent.ok and not sent.fallback and sent.moved_to == SUPERGROUP
+    assert [r.method.chat_id for r in rig.session.sent(SendPhoto)] == [GROUP, SUPERGROUP]
+
+
+async def test_an_edit_in_an_upgraded_group_is_gone_and_names_the_supergroup(rig: Rig) -> None:
+    rig.session.migrate(SUPERGROUP)
+    sent = await rig.delivery.edit_text(GROUP, 7, "more")
+    assert sent.outcome is Outcome.GONE and sent.moved_to == SUPERGROUP
+    assert len(rig.session.requests) == 1
+
+
+async def test_the_writer_follows_a_group_to_its_supergroup(rig: Rig) -> None:
+    writer = TelegramReplyWriter(delivery=rig.delivery, chat_id=GROUP, reply_to=5)
+    writer.push("Hello")
+    assert await writer.finish()
+    assert writer.moved_to is None
+    rig.session.migrate(SUPERGROUP)  # upgraded while the answer is being written
+    writer.push(", world")
+    assert await writer.finish(note="a note")
+    assert writer.moved_to == SUPERGROUP
+    calls = [(type(r.method).__name__, r.method.chat_id) for r in rig.session.requests]
+    assert calls == [
+        ("SendMessage", GROUP),
+        ("EditMessageText", GROUP),
+        ("SendMessage", SUPERGROUP),
+        ("SendMessage", SUPERGROUP),
+    ]
+    answer, note = (r.method for r in rig.session.sent(SendMessage)[1:])
+    assert answer.text == "Hello, world" and answer.reply_parameters is None
+    assert note.reply_parameters.message_id == writer.message_ids[-1]
 
 
 # ---- pacing --------------------------------------------------------------------------------

@@ -47,7 +47,11 @@ async def converse(
     if not prompt or message.from_user is None:
         return  # empty text (e.g. only the bot's @mention) is ignored
     request = chat_request(message, message.from_user, prompt)
-    await chat_service.reply(request=request, sink=replies.writer(message))
+    writer = replies.writer(message)
+    await chat_service.reply(request=request, sink=writer)
+    if writer.moved_to is not None:
+        # Only now that the answer's turn is stored (under the old id) does the chat move.
+        await replies.chat_moved(old_chat_id=message.chat.id, new_chat_id=writer.moved_to)
 
 
 async def unsupported(message: Message, replies: Replies) -> None:
