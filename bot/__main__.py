@@ -38,6 +38,9 @@ def _start() -> int:
     # answer readable.
     logging.getLogger("aiogram.event").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Alembic narrates every start ("Context impl SQLiteImpl", "Will assume transactional
+    # DDL"); a migration that fails still says so, at ERROR.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from aiogram.exceptions import TelegramUnauthorizedError
     from sqlalchemy.exc import SQLAlchemyError
 

@@ -78,6 +78,7 @@ async def test_sigterm_lets_the_answer_in_progress_finish(tmp_path: Path) -> Non
         assert "status=ok" in log
         assert TOKEN.split(":")[1] not in log and API_KEY not in log
         assert "long answer please" not in log  # no message contents at INFO
+        assert "alembic" not in log  # start-up is quiet: no migration tool chatter
         assert (tmp_path / "data" / "bot.db").exists()
 
 
