@@ -92,9 +92,7 @@ def create_read_engine(url: str | URL) -> AsyncEngine | None:
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite" or _in_memory(parsed):
         return None
-    engine = create_async_engine(
-        parsed, pool_size=READ_POOL_SIZE, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S
-    )
+    engine = _sqlite_file_engine(parsed, pool_size=READ_POOL_SIZE)
     event.listen(engine.sync_engine, "connect", _on_read_connect)
     event.listen(engine.sync_engine, "begin", _on_read_begin)
     return engine
@@ -110,7 +108,12 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
         engine = create_async_engine(url)
     else:
         Path(url.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = _sqlite_file_engine(url)
+        # One connection. SQLite lets one writer in at a time, and every transaction here
+        # starts with BEGIN IMMEDIATE, so more connections would not add throughput: they would
+        # queue inside SQLite's busy handler, which polls with sleeps and leaves the database
+        # idle between holders. Waiting in the pool's queue instead is first-come first-served
+        # and hands the connection over at once.
+        engine = _sqlite_file_engine(url, pool_size=1)
     # Transaction control follows SQLAlchemy's recipe for SQLite: the driver's own implicit
     # BEGIN handling is switched off and every transaction starts with BEGIN IMMEDIATE. A
     # deferred transaction that reads and later writes fails at once with "database is locked"
@@ -121,21 +124,12 @@ def _create_sqlite_engine(url: URL) -> AsyncEngine:
     return engine
 
 
-def _sqlite_file_engine(url: URL) -> AsyncEngine:
+def _sqlite_file_engine(url: URL, *, pool_size: int) -> AsyncEngine:
     # aiosqlite runs every statement on a thread of the connection's own, so a statement that
     # waits for another process's write lock (a backup, the sqlite3 shell) waits there, up to
     # busy_timeout, while the event loop goes on streaming answers.
-    #
-    # One connection per engine. SQLite lets one writer in at a time, and every transaction of
-    # the main engine starts with BEGIN IMMEDIATE, so more connections would not add throughput:
-    # they would queue inside SQLite's busy handler, which polls with sleeps and leaves the
-    # database idle between holders. Waiting in the pool's queue instead is first-come
-    # first-served and hands the connection over at once.
     return create_async_engine(
-        url,
-        pool_size=1,
-        max_overflow=0,
-        pool_timeout=SQLITE_POOL_TIMEOUT_S,
+        url, pool_size=pool_size, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S
     )
 
 

@@ -20,7 +20,6 @@ the group was upgraded to a supergroup         a send: made again in the supergr
 anything else, or attempts used up             REFUSED, logged
 =============================================  ==============================================
 
-An error answered with HTTP 200 and ``"ok": false`` counts as the error its description names.
 """
 
 from __future__ import annotations
@@ -67,19 +66,6 @@ CHAT_ACTION_RENEW_SECONDS = 4.5
 # ClientDecodeError, which is not a TelegramAPIError.
 TRANSIENT_ERRORS = (TelegramServerError, TelegramNetworkError, ClientDecodeError)
 UNREACHABLE_ERRORS = (TelegramForbiddenError, TelegramUnauthorizedError, TelegramNotFound)
-# Bot API error descriptions begin with the name of their HTTP status ("Bad Request: …"). aiogram
-# picks the exception by the HTTP status alone, so an error answered with HTTP 200 and
-# "ok": false (a proxy or a self-hosted server may do that) is a bare TelegramAPIError.
-_DESCRIBED: tuple[tuple[str, type[TelegramAPIError]], ...] = (
-    ("Bad Request", TelegramBadRequest),
-    ("Forbidden", TelegramForbiddenError),
-    ("Unauthorized", TelegramUnauthorizedError),
-    ("Not Found", TelegramNotFound),
-    ("Internal Server Error", TelegramServerError),
-    ("Bad Gateway", TelegramServerError),
-    ("Service Unavailable", TelegramServerError),
-    ("Gateway Timeout", TelegramServerError),
-)
 _GONE_REASONS = ("message to edit not found", "message can't be edited", "message_id_invalid")
 
 # One Bot API call: the chat to make it in (a group's new id once it became a supergroup) and
@@ -172,10 +158,11 @@ class Delivery:
         """Send a message: `html` formatted if given, `text` if there is none or it is refused."""
 
         async def call(target: int, plain: bool) -> int | None:
+            content, parse_mode = _formatted(text, html, plain=plain)
             message = await self._bot.send_message(
                 chat_id=target,
-                text=text if plain or html is None else html,
-                parse_mode=None if plain or html is None else ParseMode.HTML,
+                text=content,
+                parse_mode=parse_mode,
                 reply_markup=markup,
                 message_thread_id=thread_id,
                 reply_parameters=_reply(reply_to, same_chat=target == chat_id),
@@ -206,11 +193,12 @@ class Delivery:
         """Replace a message's text (and keyboard), formatted and with fallback as `send_text`."""
 
         async def call(target: int, plain: bool) -> int | None:
+            content, parse_mode = _formatted(text, html, plain=plain)
             await self._bot.edit_message_text(
                 chat_id=target,
                 message_id=message_id,
-                text=text if plain or html is None else html,
-                parse_mode=None if plain or html is None else ParseMode.HTML,
+                text=content,
+                parse_mode=parse_mode,
                 reply_markup=markup,
                 link_preview_options=NO_PREVIEW,
             )
@@ -300,7 +288,7 @@ class Delivery:
             await turn.take()
             try:
                 try:
-                    message_id = await _made(call, target, as_fallback)
+                    message_id = await call(target, as_fallback)
                 finally:
                     turn.end()
             except TelegramRetryAfter as exc:
@@ -366,17 +354,9 @@ class Delivery:
         return Sent(Outcome.REFUSED, moved_to=moved_to)
 
 
-async def _made(call: _Call, target: int, plain: bool) -> int | None:
-    """`call`'s result; an error answered with HTTP 200 raised as the error it describes."""
-    try:
-        return await call(target, plain)
-    except TelegramAPIError as exc:
-        if type(exc) is not TelegramAPIError:
-            raise
-        for name, kind in _DESCRIBED:
-            if exc.message.startswith(name):
-                raise kind(method=exc.method, message=exc.message) from exc
-        raise
+def _formatted(text: str, html: str | None, *, plain: bool) -> tuple[str, ParseMode | None]:
+    """The HTML form, unless there is none or the plain fallback is wanted."""
+    return (text, None) if plain or html is None else (html, ParseMode.HTML)
 
 
 def _formatting_refused(reason: str) -> bool:

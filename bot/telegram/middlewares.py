@@ -31,7 +31,6 @@ class InflightTracker:
     stays in the inbox for the next start.
     """
 
-    last_update_id: int | None = None
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     handled: set[int] = field(default_factory=set)
     stopping: bool = False
@@ -54,8 +53,6 @@ class InflightTracker:
             return None
         self._seen.add(update_id)
         self._inflight.add(update_id)
-        if update_id > (self.last_update_id or -1):
-            self.last_update_id = update_id
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)

@@ -59,10 +59,19 @@ class BotSession(AiohttpSession):
         as a whole, and aiogram's polling would ask for the same batch forever. That update is
         replaced by a bare one with its id, logged by id and kind without its content, so
         polling moves past it and every other update of the batch is handled.
+
+        aiogram picks the exception by the HTTP status alone, so an error answered with HTTP
+        200 and ``"ok": false`` (a proxy or a self-hosted server may do that) would be a bare
+        TelegramAPIError: it is raised as the error its `error_code` names instead.
         """
         self._pin(method.__returning__)
         try:
             return super().check_response(bot, method, status_code, content)
+        except TelegramAPIError as exc:
+            code = _error_code(self.json_loads(content)) if type(exc) is TelegramAPIError else None
+            if code is None or code == status_code:
+                raise
+            return super().check_response(bot, method, code, content)
         except ClientDecodeError as exc:
             # Only an answer that is JSON can hold a poison update; anything else (JSON cut
             # short, a proxy's HTML page) stays the ClientDecodeError the delivery path retries.
@@ -141,9 +150,13 @@ class PollingRetryAfter(BaseRequestMiddleware):
                 await self._sleep(exc.retry_after)
 
 
-def _without_poison(
-    method: TelegramMethod[Any], answer: Any, bot: Bot
-) -> dict[str, Any] | None:
+def _error_code(answer: Any) -> int | None:
+    """The `error_code` of a Bot API error answer, if it names an HTTP error status."""
+    code = answer.get("error_code") if isinstance(answer, dict) else None
+    return code if isinstance(code, int) and 400 <= code <= 599 else None
+
+
+def _without_poison(method: TelegramMethod[Any], answer: Any, bot: Bot) -> dict[str, Any] | None:
     """A getUpdates answer with each update that fails to parse cut down to its id.
 
     None for another method, or when the answer is not a list of updates with ids.

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from aiogram import Bot
-from aiogram.client.session.base import BaseSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ChatAction
 from aiogram.exceptions import TelegramNetworkError
@@ -35,7 +34,7 @@ from aiohttp.test_utils import TestServer
 
 from bot.telegram.delivery import CHAT_ACTION_RENEW_SECONDS, Delivery, DeliveryPolicy, Outcome
 from bot.telegram.pacing import FloodGate
-from bot.telegram.session import BotSession, QuietChatActions
+from bot.telegram.session import BotSession
 from bot.telegram.streaming import TelegramReplyWriter
 
 TOKEN = "42:TEST"
@@ -73,8 +72,12 @@ class Request:
     method: Any  # the TelegramMethod aiogram built, with the call's parameters
 
 
-class ScriptedSession(BaseSession):
-    """Answers each call with the next scripted reply (status and body), else with success."""
+class ScriptedSession(BotSession):
+    """Answers each call with the next scripted reply (status and body), else with success.
+
+    The bot's own session below its HTTP: it parses answers and carries middlewares as the
+    running bot's does.
+    """
 
     def __init__(self, t: FakeTime) -> None:
         super().__init__()
@@ -157,7 +160,6 @@ class Rig:
 def rig() -> Rig:
     t = FakeTime()
     session = ScriptedSession(t)
-    session.middleware(QuietChatActions())  # as the bot's own session (BotSession) carries
     gate = FloodGate(global_rate=1000, clock=t.clock, sleep=t.sleep)
     bot = Bot(token=TOKEN, session=session)
     delivery = Delivery(bot=bot, gate=gate, policy=DeliveryPolicy(attempts=4), sleep=t.backoff)
