@@ -72,6 +72,7 @@ class App:
     dispatcher: Dispatcher
     tracker: InflightTracker
     inbox: Inbox
+    chat_service: ChatService
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ async def build_app(settings: Settings) -> App:
         dispatcher=dispatcher,
         tracker=tracker,
         inbox=inbox,
+        chat_service=services.chat_service,
     )
     dispatcher["app"] = app
     dispatcher.startup.register(_on_startup)
@@ -319,6 +321,8 @@ async def _on_startup(app: App) -> None:
 async def _on_shutdown(app: App) -> None:
     app.tracker.stop()
     await app.tracker.drain(app.settings.shutdown_grace)
+    # An answer cut short by the stop is still written: wait for it before the engine goes.
+    await app.chat_service.close()
     if app.inbox.last_stored_id is not None:
         # Telegram confirms updates only when the next getUpdates carries a higher offset;
         # without this, the last batch would be fetched again after a restart. Confirming all

@@ -227,12 +227,22 @@ def _reported_upsert(
     Executed with the column values as parameters. Returns the row when it was written; an
     unchanged row is not rewritten, and nothing is returned for it.
     """
+    return _reported_store(dialect, table, reported).returning(
+        *(table.c[name] for name in returning)
+    )
+
+
+@functools.cache
+def _reported_store(
+    dialect: str, table: Table, reported: tuple[str, ...]
+) -> postgresql.Insert | sqlite.Insert:
+    """`_reported_upsert` returning nothing, so that it runs for many rows in one executemany."""
     new = _upsert_insert(dialect, table)
     return new.on_conflict_do_update(
         index_elements=[table.c.id],
         set_={name: new.excluded[name] for name in (*reported, "updated_at")},
         where=or_(*(table.c[name].is_distinct_from(new.excluded[name]) for name in reported)),
-    ).returning(*(table.c[name] for name in returning))
+    )
 
 
 _CHAT_REPORTED = ("type", "title")
@@ -272,6 +282,18 @@ class ChatRepository:
                 raise RuntimeError(f"chat {chat_id} vanished during its upsert")
             return record
         return ChatRecord(id=row.id, type=row.type, title=row.title, model=row.model)
+
+    async def store(self, chats: Sequence[ChatRecord]) -> None:
+        """Insert each chat or update its type and title (models are kept), in one statement."""
+        if not chats:
+            return
+        now = utcnow()
+        dialect = self._session.get_bind().dialect.name
+        rows = [
+            {"id": c.id, "type": c.type, "title": c.title, "created_at": now, "updated_at": now}
+            for c in chats
+        ]
+        await self._session.execute(_reported_store(dialect, CHATS, _CHAT_REPORTED), rows)
 
     async def get(self, *, chat_id: int) -> ChatRecord | None:
         """Return the chat, or None if it was never stored."""
@@ -375,6 +397,25 @@ class UserRepository:
             return record
         return _user_record(row)
 
+    async def store(self, users: Sequence[UserRecord]) -> None:
+        """Insert each user or update what Telegram reports (languages are kept), at once."""
+        if not users:
+            return
+        now = utcnow()
+        dialect = self._session.get_bind().dialect.name
+        rows = [
+            {
+                "id": u.id,
+                "username": u.username,
+                "full_name": u.full_name,
+                "language_code": u.language_code,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for u in users
+        ]
+        await self._session.execute(_reported_store(dialect, USERS, _USER_REPORTED), rows)
+
     async def get(self, *, user_id: int) -> UserRecord | None:
         """Return the user, or None if they were never stored."""
         row = (await self._session.execute(_USER_BY_ID, {"user_id": user_id})).one_or_none()
@@ -414,27 +455,31 @@ class TurnRepository:
         Raises ValueError for an invalid turn, and IntegrityError if a user turn's Telegram
         message id is already stored for this chat or the chat does not exist.
         """
-        if not turns:
-            return
-        for turn in turns:
-            _check_turn(turn)
+        await self.add_to_chats([(chat_id, turns)])
+
+    async def add_to_chats(self, histories: Sequence[tuple[int, Sequence[NewTurn]]]) -> None:
+        """Append each (chat id, turns) pair's turns to that chat, in one statement for all."""
         now = utcnow()
-        rows = [
-            {
-                "chat_id": chat_id,
-                "role": turn.role,
-                "content": turn.content,
-                "author_id": turn.author_id,
-                "author_name": turn.author_name,
-                "tokens": turn.tokens,
-                "interrupted": turn.interrupted,
-                "telegram_message_id": turn.telegram_message_id,
-                "created_at": now,
-            }
-            for turn in turns
-        ]
-        # A plain executemany inserts the rows one after another, so ids follow list order.
-        await self._session.execute(_ADD_TURNS, rows)
+        rows = []
+        for chat_id, turns in histories:
+            for turn in turns:
+                _check_turn(turn)
+                rows.append(
+                    {
+                        "chat_id": chat_id,
+                        "role": turn.role,
+                        "content": turn.content,
+                        "author_id": turn.author_id,
+                        "author_name": turn.author_name,
+                        "tokens": turn.tokens,
+                        "interrupted": turn.interrupted,
+                        "telegram_message_id": turn.telegram_message_id,
+                        "created_at": now,
+                    }
+                )
+        if rows:
+            # A plain executemany inserts the rows one after another, so ids follow list order.
+            await self._session.execute(_ADD_TURNS, rows)
 
     async def recent(
         self, *, chat_id: int, limit: int, token_budget: int | None = None, overhead: int = 0
@@ -481,6 +526,32 @@ class TurnRepository:
         return bool(await self._session.scalar(_HAS_MESSAGE, params))
 
 
+def _usage_row(record: NewUsage, now: datetime) -> dict[str, Any]:
+    if record.kind not in USAGE_KINDS:
+        raise ValueError(f"usage kind must be one of {sorted(USAGE_KINDS)}")
+    if record.status not in USAGE_STATUSES:
+        raise ValueError(f"usage status must be one of {sorted(USAGE_STATUSES)}")
+    error = record.error
+    if error is not None and len(error) > ERROR_MAX_LENGTH:
+        error = error[: ERROR_MAX_LENGTH - 1] + "…"
+    return {
+        "user_id": record.user_id,
+        "chat_id": record.chat_id,
+        "model": record.model,
+        "kind": record.kind,
+        "prompt_tokens": _bounded_count("prompt_tokens", record.prompt_tokens),
+        "completion_tokens": _bounded_count("completion_tokens", record.completion_tokens),
+        "images": _bounded_count("images", record.images),
+        "estimated": record.estimated,
+        "status": record.status,
+        "finish_reason": record.finish_reason,
+        "error": error,
+        "latency_ms": record.latency_ms,
+        "size": record.size,
+        "created_at": now,
+    }
+
+
 def _check_turn(turn: NewTurn) -> None:
     if turn.role not in TURN_ROLES:
         raise ValueError(f"turn role must be one of {sorted(TURN_ROLES)}, got {turn.role!r}")
@@ -497,36 +568,16 @@ class UsageRepository:
         """Work inside `session`."""
         self._session = session
 
-    async def add(self, record: NewUsage) -> None:
-        """Store one usage record; an overlong error text is cut to the column's length.
+    async def add(self, *records: NewUsage) -> None:
+        """Store usage records, in one statement; an overlong error text is cut to fit.
 
         Counts outside [0, MAX_USAGE_COUNT] are clamped (with a warning), so that no caller can
         store a figure that overflows the column or the sums over it.
         """
-        if record.kind not in USAGE_KINDS:
-            raise ValueError(f"usage kind must be one of {sorted(USAGE_KINDS)}")
-        if record.status not in USAGE_STATUSES:
-            raise ValueError(f"usage status must be one of {sorted(USAGE_STATUSES)}")
-        error = record.error
-        if error is not None and len(error) > ERROR_MAX_LENGTH:
-            error = error[: ERROR_MAX_LENGTH - 1] + "…"
-        params = {
-            "user_id": record.user_id,
-            "chat_id": record.chat_id,
-            "model": record.model,
-            "kind": record.kind,
-            "prompt_tokens": _bounded_count("prompt_tokens", record.prompt_tokens),
-            "completion_tokens": _bounded_count("completion_tokens", record.completion_tokens),
-            "images": _bounded_count("images", record.images),
-            "estimated": record.estimated,
-            "status": record.status,
-            "finish_reason": record.finish_reason,
-            "error": error,
-            "latency_ms": record.latency_ms,
-            "size": record.size,
-            "created_at": utcnow(),
-        }
-        await self._session.execute(_ADD_USAGE, params)
+        now = utcnow()
+        rows = [_usage_row(record, now) for record in records]
+        if rows:
+            await self._session.execute(_ADD_USAGE, rows)
 
     # Both image queries are range scans of the (user_id, created_at) index.
 

@@ -13,12 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from bot.db.repositories import (
     ChatRecord,
+    ChatRepository,
     NewTurn,
     NewUsage,
     TurnRecord,
     TurnRepository,
-    UsageRepository,
+    UserRecord,
 )
+from bot.db.writer import TurnWrite, TurnWriter
 from bot.i18n import _, format_number, ngettext
 from bot.llm.client import LLMClient
 from bot.llm.errors import (
@@ -106,6 +108,16 @@ class _Streamed:
     failure: BaseException | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """The chat's model and history, and the chat and user rows its turn will write."""
+
+    model: str
+    history: list[TurnRecord]
+    chat: ChatRecord | None  # to store with the turn: new, or changed since stored
+    user: UserRecord | None
+
+
 class ChatService:
     """Answers chat messages: reads history, streams the backend's answer, records the turn."""
 
@@ -125,6 +137,8 @@ class ChatService:
         """`read_sessions`: read-only sessions for reads that write nothing (else `sessions`)."""
         self._sessions = sessions
         self._read_sessions = read_sessions or sessions
+        # Every finished answer's rows go through it, committed together with other chats'.
+        self._writer = TurnWriter(sessions)
         self._budgets = budgets
         # Shared with the other services that store chats and users; without one, none is kept.
         self._directory = directory or Directory(capacity=0)
@@ -133,6 +147,10 @@ class ChatService:
         self._config = config
         self._context_window_for = context_window_for
         self._clock = clock
+
+    async def close(self) -> None:
+        """Wait until every finished answer's rows are written (at shutdown)."""
+        await self._writer.close()
 
     async def reset(self, *, chat_id: int) -> int:
         """Forget a chat's conversation; returns the number of turns removed."""
@@ -147,13 +165,13 @@ class ChatService:
                 "chat %s: message %s already answered", request.chat_id, request.message_id
             )
             return ReplyOutcome(status="duplicate", model=self._config.default_model)
-        model, history = loaded
-        prompt = await self._prompt_or_refuse(request, model, history, sink)
+        model = loaded.model
+        prompt = await self._prompt_or_refuse(request, model, loaded.history, sink)
         if prompt is None:
             return ReplyOutcome(status="rejected", model=model)
         streamed = await self._stream(model, prompt, sink)
         outcome = self._outcome(model, prompt, streamed)
-        saved = await self._save(request, outcome, streamed.failure)
+        saved = await self._save(request, loaded, outcome, streamed.failure)
         self._log(request, outcome, streamed)
         await self._show_end(sink, outcome, streamed.failure, saved=saved)
         if isinstance(streamed.failure, asyncio.CancelledError):
@@ -230,28 +248,22 @@ class ChatService:
         )
 
     async def _save(
-        self, request: ChatRequest, outcome: ReplyOutcome, failure: BaseException | None
+        self,
+        request: ChatRequest,
+        loaded: _Loaded,
+        outcome: ReplyOutcome,
+        failure: BaseException | None,
     ) -> bool:
         """Store the turn and its usage; False (logged) if the database refused."""
-        assert outcome.usage is not None
         try:
-            await self._store(
-                request=request,
-                model=outcome.model,
-                user_content=request.text,
-                answer=outcome.answer if outcome.answer.strip() else "",
-                usage=outcome.usage,
-                status=outcome.status,
-                finish_reason=outcome.finish_reason,
-                latency_ms=outcome.latency_ms,
-                error=_short_error(failure),
-            )
+            await self._writer.write(self._turn_write(request, loaded, outcome, failure))
         except SQLAlchemyError as exc:
             # The user still gets the answer, and is told it was not kept. The usage goes to the
             # log, so the owner can still account for it; the database's own reason names the
             # cause, while SQLAlchemy's text would quote the statement's parameters: the
             # conversation itself.
             usage = outcome.usage
+            assert usage is not None
             logger.error(
                 "chat %s: could not store the turn and its usage (%s): user=%s model=%s "
                 "prompt_tokens=%s completion_tokens=%s estimated=%s status=%s",
@@ -265,6 +277,7 @@ class ChatService:
                 outcome.status,
             )
             return False
+        self._remember(loaded)
         return True
 
     def _log(self, request: ChatRequest, outcome: ReplyOutcome, streamed: _Streamed) -> None:
@@ -313,12 +326,12 @@ class ChatService:
             notes.append(_not_saved())
         await sink.finish(note="\n".join(notes) or None)
 
-    async def _load(self, request: ChatRequest) -> tuple[str, list[TurnRecord]] | None:
+    async def _load(self, request: ChatRequest) -> _Loaded | None:
         """The chat's model and the history that fits, or None if the message was answered.
 
-        A chat and user stored as Telegram reports them need no write: their history is read
-        on a read-only connection, side by side with other chats' reads. Otherwise they are
-        stored first, in a write transaction.
+        Only reads, on a read-only connection side by side with other chats' reads. A chat or
+        user that is new, or that Telegram now reports differently, is written later, with the
+        turn (see `_save`): a new chat's first message costs one write transaction, shared.
         """
         directory = self._directory
         chat = directory.known_chat(
@@ -330,43 +343,76 @@ class ChatService:
             full_name=request.user_full_name,
             language_code=request.language_code,
         )
-        if chat is not None and user is not None:
-            async with self._read_sessions() as session, session.begin():
-                return await self._history(session, request, chat)
-        async with self._sessions() as session, session.begin():
-            chat = await directory.chat(
-                session, chat_id=request.chat_id, type=request.chat_type, title=request.chat_title
+        user_write = None
+        if user is None:
+            # Read (once) for the user's language before the handler ran, so usually cached.
+            stored_user = await directory.stored_user(self._read_sessions, user_id=request.user_id)
+            user_write = _reported_user(request, stored_user)
+        async with self._read_sessions() as session, session.begin():
+            stored = chat
+            if stored is None:
+                stored = await ChatRepository(session).get(chat_id=request.chat_id)
+            model = (stored.model if stored else None) or self._config.default_model
+            # A chat never stored has no history to read.
+            history = await self._history(session, request, model) if stored else []
+        if history is None:
+            return None
+        chat_write = None
+        if chat is None:
+            reported = ChatRecord(
+                id=request.chat_id,
+                type=request.chat_type,
+                title=request.chat_title,
+                model=stored.model if stored else None,
             )
-            user = await directory.user(
-                session,
-                user_id=request.user_id,
-                username=request.username,
-                full_name=request.user_full_name,
-                language_code=request.language_code,
-            )
-            loaded = await self._history(session, request, chat)
-        directory.remember(chat, user)
-        return loaded
+            if reported == stored:
+                directory.remember(reported)
+            else:
+                chat_write = reported
+        return _Loaded(model=model, history=history, chat=chat_write, user=user_write)
 
     async def _history(
-        self, session: AsyncSession, request: ChatRequest, chat: ChatRecord
-    ) -> tuple[str, list[TurnRecord]] | None:
+        self, session: AsyncSession, request: ChatRequest, model: str
+    ) -> list[TurnRecord] | None:
         turns = TurnRepository(session)
         duplicate = request.message_id is not None and await turns.has_message(
             chat_id=request.chat_id, telegram_message_id=request.message_id
         )
         if duplicate:
             return None
-        model = chat.model or self._config.default_model
         # Only turns that can fit the prompt are read, so a long conversation costs no more to
         # answer than one that just fills the budget.
-        history = await turns.recent(
+        return await turns.recent(
             chat_id=request.chat_id,
             limit=self._config.history_max_turns,
             token_budget=self._budget(model),
             overhead=PER_MESSAGE_OVERHEAD,
         )
-        return model, history
+
+    def _remember(self, loaded: _Loaded) -> None:
+        """Keep the chat and user just written, unless a newer record was kept meanwhile.
+
+        A /model or /language choice made while the answer streamed stored its own record
+        (matching what Telegram reports), which knows the chosen model or language better.
+        """
+        directory = self._directory
+        chat, user = loaded.chat, loaded.user
+        if (
+            chat is not None
+            and directory.known_chat(chat_id=chat.id, type=chat.type, title=chat.title) is None
+        ):
+            directory.remember(chat)
+        if (
+            user is not None
+            and directory.known_user(
+                user_id=user.id,
+                username=user.username,
+                full_name=user.full_name,
+                language_code=user.language_code,
+            )
+            is None
+        ):
+            directory.remember(user)
 
     def _budget(self, model: str) -> int:
         window = self._config.context_window
@@ -437,56 +483,66 @@ class ChatService:
             estimated=True,
         )
 
-    async def _store(
+    def _turn_write(
         self,
-        *,
         request: ChatRequest,
-        model: str,
-        user_content: str,
-        answer: str,
-        usage: Usage,
-        status: str,
-        finish_reason: str | None,
-        latency_ms: int,
-        error: str | None,
-    ) -> None:
-        """Record the call and, when there is an answer, both turns, in one transaction."""
-        async with self._sessions() as session, session.begin():
-            if answer:
-                await TurnRepository(session).add(
-                    chat_id=request.chat_id,
-                    turns=[
-                        NewTurn(
-                            role="user",
-                            content=user_content,
-                            tokens=self._tokens.count(user_content),
-                            author_id=request.user_id,
-                            author_name=request.user_full_name if request.is_group else None,
-                            telegram_message_id=request.message_id,
-                        ),
-                        NewTurn(
-                            role="assistant",
-                            content=answer,
-                            tokens=self._tokens.count(answer),
-                            interrupted=status == "interrupted",
-                        ),
-                    ],
-                )
-            await UsageRepository(session).add(
-                NewUsage(
-                    user_id=request.user_id,
-                    chat_id=request.chat_id,
-                    model=model,
-                    kind="chat",
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    estimated=usage.estimated,
-                    status=status,
-                    latency_ms=latency_ms,
-                    finish_reason=finish_reason,
-                    error=error,
-                )
-            )
+        loaded: _Loaded,
+        outcome: ReplyOutcome,
+        failure: BaseException | None,
+    ) -> TurnWrite:
+        """The call's usage record and, when there is an answer, both turns."""
+        usage = outcome.usage
+        assert usage is not None
+        answer = outcome.answer if outcome.answer.strip() else ""
+        turns = []
+        if answer:
+            turns = [
+                NewTurn(
+                    role="user",
+                    content=request.text,
+                    tokens=self._tokens.count(request.text),
+                    author_id=request.user_id,
+                    author_name=request.user_full_name if request.is_group else None,
+                    telegram_message_id=request.message_id,
+                ),
+                NewTurn(
+                    role="assistant",
+                    content=answer,
+                    tokens=self._tokens.count(answer),
+                    interrupted=outcome.status == "interrupted",
+                ),
+            ]
+        return TurnWrite(
+            chat_id=request.chat_id,
+            turns=turns,
+            usage=NewUsage(
+                user_id=request.user_id,
+                chat_id=request.chat_id,
+                model=outcome.model,
+                kind="chat",
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                estimated=usage.estimated,
+                status=outcome.status,
+                latency_ms=outcome.latency_ms,
+                finish_reason=outcome.finish_reason,
+                error=_short_error(failure),
+            ),
+            chat=loaded.chat,
+            user=loaded.user,
+        )
+
+
+def _reported_user(request: ChatRequest, stored: UserRecord | None) -> UserRecord | None:
+    """The user as Telegram reports them (language kept), or None if stored just so."""
+    reported = UserRecord(
+        id=request.user_id,
+        username=request.username,
+        full_name=request.user_full_name,
+        language_code=request.language_code,
+        language=stored.language if stored else None,
+    )
+    return None if reported == stored else reported
 
 
 def _database_reason(exc: SQLAlchemyError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import httpx
@@ -10,9 +11,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db import create_sessionmaker
-from bot.db.repositories import NewTurn, TurnRepository
+from bot.db.repositories import ChatRepository, NewTurn, TurnRepository
 from bot.llm.client import LLMClient, RetryPolicy
 from bot.services.chat import ChatConfig, ChatRequest, ChatService
+from bot.services.directory import Directory
 from bot.services.tokens import TokenCounter
 from tests.fakes.openai import Disconnect, Error, FakeLLM, Stream
 from tests.fakes.sink import RecordingSink
@@ -39,6 +41,7 @@ def make_service(
     sessions: async_sessionmaker[AsyncSession],
     llm: FakeLLM,
     http: httpx.AsyncClient,
+    directory: Directory | None = None,
     **config: object,
 ) -> ChatService:
     values: dict[str, object] = {
@@ -58,6 +61,7 @@ def make_service(
         llm=client,
         tokens=TokenCounter(),
         config=ChatConfig(**values),  # type: ignore[arg-type]
+        directory=directory,
     )
 
 
@@ -213,3 +217,28 @@ async def test_an_answer_the_database_refuses_to_store_is_delivered_with_a_warni
     logged = record.getMessage()
     assert "database or disk is full" in logged and "prompt_tokens=" in logged
     assert "The answer" not in logged and "INSERT" not in logged
+
+
+async def test_a_model_chosen_while_a_new_chats_first_answer_streams_is_kept(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    # The new chat's row is written with its first turn, after the answer; a /model choice made
+    # meanwhile (as ModelService stores it) must survive that write and the shared directory.
+    directory = Directory()
+    service = make_service(sessions, llm, http, directory=directory)
+
+    class ChoosesAModel(RecordingSink):
+        async def start(self) -> None:
+            async with sessions() as session, session.begin():
+                chat = await directory.chat(session, chat_id=10, type="private", title=None)
+                await ChatRepository(session).set_model(chat_id=10, model="chosen-model")
+            directory.remember(dataclasses.replace(chat, model="chosen-model"))
+
+    llm.enqueue(Stream(["first"]), Stream(["second"]))
+    await service.reply(request=request("hi", message_id=1), sink=ChoosesAModel())
+    await service.reply(request=request("again", message_id=2), sink=RecordingSink())
+
+    assert [r["model"] for r in llm.chat_requests] == ["gpt-4o-mini", "chosen-model"]
+    async with sessions() as session:
+        stored = await ChatRepository(session).get(chat_id=10)
+    assert stored is not None and stored.model == "chosen-model"
