@@ -21,8 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from bot import health, i18n
 from bot.config import Settings
 from bot.db.engine import create_engine, create_read_engine, create_sessionmaker, migrate
-from bot.llm.client import LLMClient, LLMTimeouts, RetryPolicy
+from bot.llm.backends import BackendHealth
+from bot.llm.client import LLMClient, LLMTimeouts
 from bot.llm.images import ImageClient
+from bot.llm.policy import RetryPolicy
+from bot.llm.router import Backend, BackendRouter
 from bot.llm.transport import backend_http_client
 from bot.services.chat import ChatConfig, ChatService
 from bot.services.directory import Directory
@@ -32,6 +35,7 @@ from bot.services.migration import ChatMigration
 from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
 from bot.services.usage import BudgetService, Limits, SettledUsage, UsagePolicy, UsageService
+from bot.telegram.alerts import OwnerAlerts
 from bot.telegram.handlers import (
     callbacks,
     chat,
@@ -40,6 +44,7 @@ from bot.telegram.handlers import (
     image,
     language,
     model,
+    status,
     upgrades,
     usage,
 )
@@ -79,6 +84,7 @@ class App:
 class Services:
     """The application's services, free of aiogram, handed to handlers by name."""
 
+    backends: BackendRouter
     chat_service: ChatService
     image_service: ImageService
     usage_service: UsageService
@@ -141,18 +147,32 @@ def build_services(
 ) -> Services:
     """The services, sharing one Directory of chats and users and one backend client."""
     retry = RetryPolicy(max_retries=settings.llm_max_retries)
-    llm = LLMClient(
-        http=http,
-        base_url=settings.llm_base_url,
-        api_key=settings.api_key(),
-        timeouts=LLMTimeouts(
-            connect=settings.llm_connect_timeout,
-            first_token=settings.llm_first_token_timeout,
-            idle=settings.llm_idle_timeout,
-            total=settings.llm_total_timeout,
-        ),
+    timeouts = LLMTimeouts(
+        connect=settings.llm_connect_timeout,
+        first_token=settings.llm_first_token_timeout,
+        idle=settings.llm_idle_timeout,
+        total=settings.llm_total_timeout,
+    )
+    backends = BackendRouter(
+        [
+            Backend(
+                spec=spec,
+                client=LLMClient(
+                    http=http,
+                    base_url=spec.base_url,
+                    api_key=spec.api_key,
+                    timeouts=timeouts,
+                    retry=retry,
+                ),
+                health=BackendHealth(spec),
+            )
+            for spec in settings.backends()
+        ],
+        first_token_timeout=settings.llm_first_token_timeout,
         retry=retry,
     )
+    # The model list and images come from the primary backend.
+    llm = backends.primary.client
     directory = Directory()
     models = ModelService(
         sessions=sessions,
@@ -169,10 +189,11 @@ def build_services(
         sessions=sessions,
         read_sessions=read_sessions,
         directory=directory,
-        llm=llm,
+        llm=backends,
         tokens=TokenCounter(),
         budgets=budgets,
         context_window_for=models.context_window,
+        offered_instead=models.offered_instead,
         config=ChatConfig(
             default_model=settings.llm_model,
             system_prompt=settings.system_prompt,
@@ -206,6 +227,7 @@ def build_services(
         ),
     )
     return Services(
+        backends=backends,
         chat_service=chat_service,
         image_service=image_service,
         usage_service=UsageService(sessions=read_sessions, policy=policy, settled=settled),
@@ -257,11 +279,17 @@ def build_dispatcher(
         group_interval=settings.edit_interval_group,
         global_rate=settings.telegram_rate_limit,
     )
+    replies = Replies(bot=bot, gate=gate, migration=services.chat_migration)
     dispatcher = Dispatcher(
         disable_fsm=True,  # no conversation states: skip the FSM lookups on every update
-        replies=Replies(bot=bot, gate=gate, migration=services.chat_migration),
+        replies=replies,
         settings=settings,
         **vars(services),
+    )
+    services.backends.set_owner_notice(
+        OwnerAlerts(
+            replies=replies, owner_ids=settings.owner_ids, languages=services.language_service
+        ).backend_refused_key
     )
     dispatcher.update.outer_middleware(tracker)
     dispatcher.message.outer_middleware(ChatSequencer())
@@ -289,6 +317,7 @@ def build_dispatcher(
         common.build_router(),
         model.build_router(),
         usage.build_router(),
+        status.build_router(),
         language.build_router(),
         image.build_router(),
         upgrades.build_router(),

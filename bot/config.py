@@ -8,10 +8,19 @@ from datetime import UTC, tzinfo
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.i18n import LOCALES
+from bot.llm.backends import BackendSpec, name_backends
 from bot.pricing import Price, PriceList
 
 IdList = Annotated[list[int], NoDecode]
@@ -93,6 +102,34 @@ class TelegramSettings(BaseModel):
         return user_id is not None and user_id in self.owner_ids
 
 
+class FallbackBackend(BaseModel):
+    """One entry of LLM_FALLBACKS: a backend tried after the primary (LLM_BASE_URL)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    api_key: SecretStr | None = None
+    model: str | None = None  # the model to ask this backend for; None: the chat's model
+    name: str | None = None  # shown to the owner; None: the host
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_fallback_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @field_validator("model", "name")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("api_key")
+    @classmethod
+    def _blank_fallback_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(value.get_secret_value().strip())
+
+
 class LLMSettings(BaseModel):
     """The backend: where it is, which model, what is sent, and how long it may take."""
 
@@ -111,6 +148,9 @@ class LLMSettings(BaseModel):
     llm_idle_timeout: float = Field(default=60.0, gt=0)
     llm_total_timeout: float = Field(default=600.0, gt=0)
     llm_max_retries: int = Field(default=3, ge=0, le=10)
+    # Backends tried in order after the primary, as a JSON list of objects with `base_url` and
+    # optionally `api_key`, `model` and `name`.
+    llm_fallbacks: Annotated[list[FallbackBackend], NoDecode] = []
     # /image: the model that draws (empty: /image is off), how to ask it (auto: chat
     # completions for akashchat's AkashGen, else the images API), the size asked for, and
     # seconds one image may take.
@@ -123,6 +163,24 @@ class LLMSettings(BaseModel):
     # for a self-hosted backend that links to another host on the LAN. The backend's own
     # origin (LLM_BASE_URL) is always allowed.
     image_fetch_allow_private: bool = False
+
+    @field_validator("llm_fallbacks", mode="before")
+    @classmethod
+    def _parse_fallbacks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return []
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                # The position only: the text itself may hold API keys.
+                raise ValueError(
+                    f"is not valid JSON (line {exc.lineno}, column {exc.colno}); expected a list "
+                    'like [{"base_url": "https://...", "api_key": "...", "name": "..."}]'
+                ) from None
+        if not isinstance(value, list):
+            raise ValueError("must be a JSON list of backends")
+        return value
 
     @field_validator("llm_models", mode="before")
     @classmethod
@@ -174,6 +232,21 @@ class LLMSettings(BaseModel):
     def api_key(self) -> str | None:
         """The backend's bearer key, if any."""
         return self.llm_api_key.get_secret_value() if self.llm_api_key else None
+
+    def backends(self) -> list[BackendSpec]:
+        """The primary backend, then the fallbacks, each with a name of its own."""
+        specs = [BackendSpec(name="", base_url=self.llm_base_url, api_key=self.api_key())]
+        for entry in self.llm_fallbacks:
+            key = entry.api_key.get_secret_value() if entry.api_key else None
+            specs.append(
+                BackendSpec(
+                    name=entry.name or "",
+                    base_url=entry.base_url,
+                    api_key=key,
+                    model=entry.model,
+                )
+            )
+        return name_backends(specs)
 
 
 class LimitSettings(BaseModel):

@@ -33,6 +33,7 @@ NAMING_CONVENTION = {
 
 # Longest error text kept in a usage record; longer messages are cut.
 ERROR_MAX_LENGTH = 500
+BACKEND_NAME_MAX_LENGTH = 128
 
 # Autoincrementing 64-bit key; on SQLite a plain INTEGER so the column aliases the rowid.
 AutoId = BigInteger().with_variant(Integer(), "sqlite")
@@ -168,6 +169,8 @@ class UsageRecord(Base):
     # Image requests: the size asked for (e.g. "1024x1024"), or the size received from backends
     # that take none; NULL for chat.
     size: Mapped[str | None] = mapped_column(String(32))
+    # The backend that answered (or last failed), by its name; NULL in rows from before 0005.
+    backend: Mapped[str | None] = mapped_column(String(BACKEND_NAME_MAX_LENGTH))
 
 
 class InboxUpdate(Base):

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import ReturningInsert
 
 from bot.db.models import (
+    BACKEND_NAME_MAX_LENGTH,
     ERROR_MAX_LENGTH,
     Chat,
     InboxUpdate,
@@ -142,6 +143,7 @@ class NewUsage:
     error: str | None = None
     images: int = 0
     size: str | None = None
+    backend: str | None = None  # the backend's name, where several are configured
 
 
 # The statements run for every message are built once, with their values bound at execution:
@@ -548,6 +550,7 @@ def _usage_row(record: NewUsage, now: datetime) -> dict[str, Any]:
         "error": error,
         "latency_ms": record.latency_ms,
         "size": record.size,
+        "backend": record.backend[:BACKEND_NAME_MAX_LENGTH] if record.backend else None,
         "created_at": now,
     }
 

@@ -42,10 +42,11 @@ class UsageSums:
 
 @dataclass(frozen=True, slots=True)
 class ModelUsage:
-    """The sums of one model's records."""
+    """The sums of one model's records (from one backend, where the records name it)."""
 
     model: str
     sums: UsageSums
+    backend: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +110,8 @@ class UsageQueries:
         until: datetime | None = None,
         user_id: int | None = None,
     ) -> list[ModelUsage]:
-        """Sums per model of the records created in [since, until) (all time when None)."""
+        """Sums per model and backend of the records created in [since, until) (all time when
+        None)."""
         record = UsageRecord
         estimated = case(
             (and_(record.estimated, record.prompt_tokens + record.completion_tokens > 0), 1),
@@ -117,19 +119,21 @@ class UsageQueries:
         )
         stmt = select(
             record.model,
+            record.backend,
             func.count().label("requests"),
             func.coalesce(func.sum(record.prompt_tokens), 0).label("prompt_tokens"),
             func.coalesce(func.sum(record.completion_tokens), 0).label("completion_tokens"),
             func.coalesce(func.sum(record.images), 0).label("images"),
             func.coalesce(func.sum(estimated), 0).label("estimated"),
-        ).group_by(record.model)
+        ).group_by(record.model, record.backend)
         if user_id is not None:
             stmt = stmt.where(record.user_id == user_id)
         stmt = _within(stmt, since, until)
-        rows = (await self._session.execute(stmt.order_by(record.model))).all()
+        rows = (await self._session.execute(stmt.order_by(record.model, record.backend))).all()
         return [
             ModelUsage(
                 model=row.model,
+                backend=row.backend,
                 sums=UsageSums(
                     requests=int(row.requests),
                     # PostgreSQL returns SUM of integers as NUMERIC (Decimal).

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from bot.llm.dialects import loads, parse_models, status_error
-from bot.llm.errors import LLMError, LLMHTTPError, LLMProtocolError
+from bot.llm.errors import LLMError, LLMHTTPError, LLMProtocolError, LLMTimeoutError
 from bot.llm.policy import RETRY_AFTER_CAP, Retrying, RetryPolicy, Within, chat_retryable
 from bot.llm.stream import (
     StreamLimits,
@@ -83,11 +83,14 @@ class LLMClient:
         messages: Sequence[ChatMessage],
         max_tokens: int | None = None,
         temperature: float | None = None,
+        first_token_by: float | None = None,
     ) -> AsyncGenerator[ChatEvent, None]:
         """Yield the answer as TextDelta pieces, then exactly one StreamEnd; raise LLMError.
 
-        Wrap the iteration in `contextlib.aclosing` when it may stop early, so that the HTTP
-        response is closed at once rather than when the generator is garbage-collected.
+        One attempt: retries and other backends are the router's (bot.llm.router). The first
+        token is due by loop time `first_token_by` if given, else within the first-token
+        timeout. Wrap the iteration in `contextlib.aclosing` when it may stop early, so that
+        the HTTP response is closed at once rather than when the generator is collected.
         """
         payload = _chat_payload(model, messages, max_tokens, temperature)
         logger.debug(
@@ -96,8 +99,12 @@ class LLMClient:
             len(messages),
             sum(len(m.content) for m in messages),
         )
-        deadline = asyncio.get_running_loop().time() + self._timeouts.total
-        events = self._retrying.stream(lambda: self._stream_attempt(payload, deadline), deadline)
+        now = asyncio.get_running_loop().time()
+        deadline = now + self._timeouts.total
+        first_token_at = now + self._timeouts.first_token
+        if first_token_by is not None:
+            first_token_at = min(first_token_at, first_token_by)
+        events = self._stream_attempt(payload, deadline, first_token_at)
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
@@ -110,10 +117,10 @@ class LLMClient:
     # -- one attempt -------------------------------------------------------------------------
 
     async def _stream_attempt(
-        self, payload: dict[str, Any], deadline: float
+        self, payload: dict[str, Any], deadline: float, first_token_at: float
     ) -> AsyncGenerator[ChatEvent, None]:
         state = StreamState()
-        budget = self._read_budget(state, deadline)
+        budget = self._read_budget(state, deadline, first_token_at)
         completion: bytes | None = None
         try:
             async with self._open_stream(payload, budget) as response:
@@ -132,24 +139,32 @@ class LLMClient:
         for event in ending:
             yield event
 
-    def _read_budget(self, state: StreamState, deadline: float) -> Callable[[], Within]:
-        """The deadline of the next wait on the backend: first token, then the whole answer."""
+    def _read_budget(
+        self, state: StreamState, deadline: float, first_token_at: float
+    ) -> Callable[[], Within | None]:
+        """The deadline of the next read of the body: the first token's, then none (see
+        bot.llm.stream.ReadBudget) once the total deadline has been checked."""
         t = self._timeouts
-        first_token_at = asyncio.get_running_loop().time() + t.first_token
+        loop = asyncio.get_running_loop()
+        first_token_seconds = round(first_token_at - loop.time(), 1)
 
-        def budget() -> Within:
+        def budget() -> Within | None:
             # Reasoning models may think for minutes before the answer starts. Any delta,
             # reasoning included, proves the model is working, so it stops the first-token
             # timer; a bare role chunk does not, since proxies send it before the model starts.
             if not state.started and first_token_at < deadline:
-                return Within(first_token_at, "first_token", t.first_token)
-            return Within(deadline, "total", t.total)
+                return Within(first_token_at, "first_token", first_token_seconds)
+            if not state.text_sent:
+                return Within(deadline, "total", t.total)
+            if loop.time() >= deadline:
+                raise LLMTimeoutError("total", t.total)
+            return None
 
         return budget
 
     @contextlib.asynccontextmanager
     async def _open_stream(
-        self, payload: dict[str, Any], budget: Callable[[], Within]
+        self, payload: dict[str, Any], budget: Callable[[], Within | None]
     ) -> AsyncIterator[httpx.Response]:
         """Send the chat request; the response's headers have arrived when this is entered."""
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store", **self._auth()}
@@ -160,7 +175,9 @@ class LLMClient:
             headers=headers,
             timeout=self._httpx_timeout(),
         )
-        async with budget():
+        within = budget()  # nothing has streamed yet: always a deadline
+        assert within is not None
+        async with within:
             response = await self._http.send(request, stream=True)
         try:
             yield response

@@ -77,6 +77,10 @@ _KIND_BY_MODE = {
     "embedding": "embedding",
     "audio_transcription": "audio",
     "audio_speech": "audio",
+    # LiteLLM's completion-only, moderation and reranking models cannot hold a conversation.
+    "completion": "completion",
+    "moderation": "moderation",
+    "rerank": "rerank",
 }
 
 

@@ -6,6 +6,18 @@ from __future__ import annotations
 class LLMError(Exception):
     """Base of every backend failure; `str()` is a short technical description."""
 
+    # Set by the router: the backend the failure came from, and the model it was asked for.
+    backend: str | None = None
+    model: str | None = None
+
+
+class LLMNoBackendError(LLMError):
+    """Every backend is cooling down or out of rotation; `retry_in` seconds if one cools."""
+
+    def __init__(self, message: str, retry_in: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
+
 
 class LLMTimeoutError(LLMError):
     """The backend did not connect, start or continue answering in time."""

@@ -35,8 +35,11 @@ MAX_ANSWER_BYTES = 64 * MIB
 
 REPLACEMENT = "\ufffd"
 
-# Returns the deadline that bounds the next read of the body (it changes once text starts).
-ReadBudget = Callable[[], Within]
+# Returns the deadline that bounds the next read of the body, or None once answer text has
+# been sent on: then each read is bounded by the idle timeout of the HTTP client alone, and the total
+# deadline is checked by the callable itself before the read (a timer per read would cost more
+# than the rest of the read for the small events of a stream).
+ReadBudget = Callable[[], Within | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +89,15 @@ class BoundedBody(httpx.AsyncByteStream):
         chunks = self._chunks
         try:
             while True:
-                async with self._budget():
-                    try:
+                within = self._budget()
+                try:
+                    if within is None:
                         chunk = await anext(chunks)
-                    except StopAsyncIteration:
-                        return
+                    else:
+                        async with within:
+                            chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    return
                 self._check(chunk)
                 yield chunk
         finally:

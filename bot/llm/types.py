@@ -34,10 +34,15 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class StreamEnd:
-    """The end of a stream: why it finished and the usage the backend reported, if any."""
+    """The end of a stream: why it finished and the usage the backend reported, if any.
+
+    Through the router it also names the backend that answered and the model it was asked for.
+    """
 
     finish_reason: str | None
     usage: Usage | None
+    backend: str | None = None
+    model: str | None = None
 
 
 ChatEvent = TextDelta | StreamEnd

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,13 +22,13 @@ from bot.db.repositories import (
 )
 from bot.db.writer import TurnWrite, TurnWriter
 from bot.i18n import _, format_number, ngettext
-from bot.llm.client import LLMClient
 from bot.llm.errors import (
     LLMAuthError,
     LLMBadRequestError,
     LLMContextLengthError,
     LLMError,
     LLMHTTPError,
+    LLMNoBackendError,
     LLMNotFoundError,
     LLMRateLimitError,
     LLMResponseTooLargeError,
@@ -36,6 +36,7 @@ from bot.llm.errors import (
     LLMTimeoutError,
     LLMUnavailableError,
 )
+from bot.llm.router import BackendRouter
 from bot.llm.types import ChatMessage, Role, StreamEnd, TextDelta, Usage
 from bot.services.directory import Directory
 from bot.services.sink import ReplySink
@@ -45,6 +46,8 @@ from bot.services.usage import BudgetService
 logger = logging.getLogger(__name__)
 
 GROUP_TYPES = frozenset({"group", "supergroup"})
+# How many models a "model not found" answer names.
+OFFERED_SHOWN = 8
 GROUP_PROMPT = (
     "\n\nYou are in a group chat. Each user message starts with the name of the person who "
     "wrote it, followed by a colon."
@@ -94,6 +97,7 @@ class ReplyOutcome:
     usage: Usage | None = None
     finish_reason: str | None = None
     latency_ms: int = 0
+    backend: str | None = None  # the backend that answered, or the last one that failed
 
 
 @dataclass(slots=True)
@@ -125,7 +129,7 @@ class ChatService:
         self,
         *,
         sessions: async_sessionmaker[AsyncSession],
-        llm: LLMClient,
+        llm: BackendRouter,
         tokens: TokenCounter,
         config: ChatConfig,
         context_window_for: Callable[[str], int | None] | None = None,
@@ -133,8 +137,13 @@ class ChatService:
         budgets: BudgetService | None = None,
         directory: Directory | None = None,
         read_sessions: async_sessionmaker[AsyncSession] | None = None,
+        offered_instead: Callable[[str], Awaitable[list[str]]] | None = None,
     ) -> None:
-        """`read_sessions`: read-only sessions for reads that write nothing (else `sessions`)."""
+        """`read_sessions`: read-only sessions for reads that write nothing (else `sessions`).
+
+        `offered_instead(model)`: the models on offer once the backend said it has no `model`.
+        """
+        self._offered_instead = offered_instead
         self._sessions = sessions
         self._read_sessions = read_sessions or sessions
         # Every finished answer's rows go through it, committed together with other chats'.
@@ -169,7 +178,26 @@ class ChatService:
         prompt = await self._prompt_or_refuse(request, model, loaded.history, sink)
         if prompt is None:
             return ReplyOutcome(status="rejected", model=model)
+        await sink.start()
         streamed = await self._stream(model, prompt, sink)
+        if isinstance(streamed.failure, LLMContextLengthError) and not streamed.parts:
+            # The backend counts tokens its own way: try once more with half the history.
+            shorter = self._build_prompt(
+                model=model,
+                history=loaded.history,
+                user_content=self._user_content(request),
+                is_group=request.is_group,
+                budget=self._budget(model) // 2,
+            )
+            if isinstance(shorter, list) and len(shorter) < len(prompt):
+                logger.info(
+                    "chat %s: context too long for the backend, retrying with %d of %d messages",
+                    request.chat_id,
+                    len(shorter),
+                    len(prompt),
+                )
+                prompt = shorter
+                streamed = await self._stream(model, prompt, sink)
         outcome = self._outcome(model, prompt, streamed)
         saved = await self._save(request, loaded, outcome, streamed.failure)
         self._log(request, outcome, streamed)
@@ -204,7 +232,6 @@ class ChatService:
     async def _stream(self, model: str, prompt: list[ChatMessage], sink: ReplySink) -> _Streamed:
         """Stream the backend's answer into `sink`; failures are kept, not raised."""
         streamed = _Streamed(started=self._clock())
-        await sink.start()
         try:
             async for event in self._llm.stream_chat(
                 model=model,
@@ -238,9 +265,13 @@ class ChatService:
         else:
             status = "error"
         end = streamed.end
+        if end is not None and end.model:
+            model = end.model  # a fallback configured with a model of its own answered
+        backend = end.backend if end is not None else getattr(streamed.failure, "backend", None)
         return ReplyOutcome(
             status=status,
             model=model,
+            backend=backend,
             answer=answer,
             usage=self._usage(end.usage if end else None, prompt, answer, status),
             finish_reason=end.finish_reason if end else None,
@@ -314,7 +345,7 @@ class ChatService:
                     "The model returned an empty answer. Please try rephrasing your message."
                 )
             else:
-                message = describe_error(failure, model=outcome.model)
+                message = await self._describe(failure, model=outcome.model)
             await sink.fail(message)
             return
         notes: list[str] = []
@@ -325,6 +356,18 @@ class ChatService:
         if not saved:
             notes.append(_not_saved())
         await sink.finish(note="\n".join(notes) or None)
+
+    async def _describe(self, failure: BaseException | None, *, model: str) -> str:
+        """What went wrong, for the user; a missing model comes with the ones on offer."""
+        message = describe_error(failure, model=model)
+        if isinstance(failure, LLMNotFoundError) and self._offered_instead is not None:
+            offered = await self._offered_instead(model)
+            if offered:
+                shown = ", ".join(offered[:OFFERED_SHOWN])
+                if len(offered) > OFFERED_SHOWN:
+                    shown += ", …"
+                message += "\n" + _("Models on offer: {models}").format(models=shown)
+        return message
 
     async def _load(self, request: ChatRequest) -> _Loaded | None:
         """The chat's model and the history that fits, or None if the message was answered.
@@ -430,13 +473,20 @@ class ChatService:
         return request.text
 
     def _build_prompt(
-        self, *, model: str, history: Sequence[TurnRecord], user_content: str, is_group: bool
+        self,
+        *,
+        model: str,
+        history: Sequence[TurnRecord],
+        user_content: str,
+        is_group: bool,
+        budget: int | None = None,
     ) -> list[ChatMessage] | int:
         """System prompt, then the newest turns that fit the budget, then the new message.
 
         Returns the token count of the new message instead when even that alone cannot fit.
+        `budget` defaults to the model's history budget.
         """
-        budget = self._budget(model)
+        budget = self._budget(model) if budget is None else budget
         system = self._system_prompt(is_group)
         used = self._tokens.count_message(system) + REPLY_PRIMING
         new_cost = self._tokens.count_message(user_content)
@@ -527,6 +577,7 @@ class ChatService:
                 latency_ms=outcome.latency_ms,
                 finish_reason=outcome.finish_reason,
                 error=_short_error(failure),
+                backend=outcome.backend,
             ),
             chat=loaded.chat,
             user=loaded.user,
@@ -616,6 +667,15 @@ def describe_error(failure: BaseException | None, *, model: str) -> str:
     if isinstance(failure, LLMBadRequestError):
         return _("The AI backend rejected the request: {detail}").format(
             detail=failure.message[:200]
+        )
+    if isinstance(failure, LLMNoBackendError):
+        if failure.retry_in:
+            return _(
+                "The AI backends are busy (too many requests). Please try again in {seconds} s."
+            ).format(seconds=format_number(max(1, round(failure.retry_in))))
+        return _(
+            "No AI backend can answer right now. The bot's owner has been told; please try "
+            "again later."
         )
     if isinstance(failure, LLMRateLimitError):
         return _("The AI backend is busy (too many requests). Please try again in a minute.")

@@ -22,24 +22,46 @@ from bot.services.directory import Directory
 
 logger = logging.getLogger(__name__)
 
-NON_CHAT_KINDS = frozenset({"image", "embedding", "audio"})
+# Kinds a backend may give (ModelInfo.kind) that are not for conversation; "chat" and unknown
+# kinds are decided by the id and name.
+NON_CHAT_KINDS = frozenset({"image", "embedding", "audio", "completion", "moderation", "rerank"})
 # Models that are not for conversation, recognised by their id or name when the backend does not
-# say what kind a model is: image generators, embedders, speech and moderation models.
+# say what kind a model is: image generators, embedders, rerankers, speech and moderation models.
 _NON_CHAT_RE = re.compile(
-    r"(?<![a-z0-9])(?:dall-e|gpt-image|akashgen|flux|stable-diffusion|sdxl|whisper|tts"
-    r"|embed\w*|moderation|rerank\w*)(?![a-z])",
+    r"(?<![a-z0-9])(?:dall-e|gpt-image|akashgen|flux|stable-diffusion|sdxl|imagen|midjourney"
+    r"|whisper|transcri(?:be|ption)|tts|speech|embed\w*|bge|moderation|rerank\w*)(?![a-z])",
+    re.IGNORECASE,
+)
+# Completion-only models, which /chat/completions refuses: OpenAI's gpt-*-instruct family and
+# its legacy base models. Other models named "...-Instruct" (Llama, Qwen, Mistral) are chat
+# models, so this is matched against OpenAI's whole ids only.
+_COMPLETION_ONLY_RE = re.compile(
+    r"(?:openai/)?(?:gpt-[\w.-]+-instruct(?:-\d+)?|(?:text|code)-(?:davinci|curie|babbage|ada)"
+    r"-\d+|(?:davinci|curie|babbage|ada)(?:-\d+)?)",
     re.IGNORECASE,
 )
 # After a failed fetch, ask the backend again no sooner than this (or the cache lifetime, if
 # shorter), so that a backend without /models is not asked on every command.
 FAILURE_BACKOFF_SECONDS = 30.0
+# A model asked for but missing from the list has the list loaded again before it expires, if
+# it is at least this old: a model just added on the backend is found at once, while an unknown
+# id typed again and again costs at most one /models call per this many seconds.
+EARLY_REFRESH_SECONDS = 10.0
 SUGGESTION_LIMIT = 3
 
 
 def is_chat_model(model: ModelInfo) -> bool:
-    """True unless the backend or the model's id or name marks it as a non-chat model."""
-    if model.kind is not None:
-        return model.kind not in NON_CHAT_KINDS
+    """True unless the backend or the model's id or name marks it as a non-chat model.
+
+    The backend's word (`kind`) beats the id and name; without it, image, embedding, rerank,
+    speech, transcription and moderation models and completion-only ones are not chat models.
+    """
+    if model.kind == "chat":
+        return True
+    if model.kind in NON_CHAT_KINDS:
+        return False
+    if _COMPLETION_ONLY_RE.fullmatch(model.id):
+        return False
     return not any(_NON_CHAT_RE.search(text) for text in (model.id, model.name or ""))
 
 
@@ -214,6 +236,7 @@ class ModelService:
         self._cache_seconds = cache_seconds
         self._clock = clock
         self._catalogue: Catalogue | None = None
+        self._loaded_at = 0.0
         self._fresh_until = 0.0
         self._retry_at = 0.0
         self._contexts: dict[str, int] = {}
@@ -225,20 +248,40 @@ class ModelService:
         """The model of chats that never chose one (LLM_MODEL)."""
         return self._default
 
+    def list_age(self) -> float | None:
+        """Seconds since the model list was loaded, or None if it never was."""
+        return self._clock() - self._loaded_at if self._catalogue is not None else None
+
     async def catalogue(self) -> Catalogue | None:
         """The models on offer, from the cache or the backend; None if they cannot be loaded.
 
         When a refresh fails, the last list loaded (if any) is served until the backend answers
-        again: a passing failure of /models should not take the picker away.
+        again: a passing failure of /models should not take the picker away. A cached list that
+        lacks the default model is loaded again early (see `_load`).
         """
-        if self._catalogue is not None and self._clock() < self._fresh_until:
+        return await self._load(wanted=self._default)
+
+    async def offered_instead(self, missing: str) -> list[str]:
+        """The models on offer after the backend said it has no `missing` (loaded again once)."""
+        catalogue = await self._load(wanted=missing, listed_is_enough=False)
+        if catalogue is None:
+            return []
+        return [m.id for m in catalogue.models if m.id != missing]
+
+    async def _load(self, *, wanted: str, listed_is_enough: bool = True) -> Catalogue | None:
+        """The catalogue, loaded again before it expires if it does not offer `wanted`.
+
+        Such an early load waits until the list is EARLY_REFRESH_SECONDS old and for the failure
+        backoff, so one request causes at most one /models call, and ids missing from the list
+        (whichever, however often) at most one per EARLY_REFRESH_SECONDS.
+        """
+        if self._servable(wanted, self._clock(), listed_is_enough=listed_is_enough):
             return self._catalogue
         async with self._lock:
             # Another caller may have refreshed (or failed to) while this one waited.
             now = self._clock()
-            if self._catalogue is not None and now < self._fresh_until:
-                return self._catalogue
-            if now < self._retry_at:
+            servable = self._servable(wanted, now, listed_is_enough=listed_is_enough)
+            if servable or now < self._retry_at:
                 return self._catalogue
             try:
                 listed = await self._llm.list_models()
@@ -250,7 +293,8 @@ class ModelService:
                 listed, allowed=self._allowed, default_model=self._default
             )
             self._contexts.update({m.id: m.context_tokens for m in listed if m.context_tokens})
-            self._fresh_until = self._clock() + self._cache_seconds
+            self._loaded_at = self._clock()
+            self._fresh_until = self._loaded_at + self._cache_seconds
             logger.info(
                 "backend lists %d models, %d offered for chat (list %s)",
                 len(listed),
@@ -258,6 +302,21 @@ class ModelService:
                 self._catalogue.version,
             )
             return self._catalogue
+
+    def _servable(self, wanted: str, now: float, *, listed_is_enough: bool = True) -> bool:
+        """True if the cached list is fresh and offers `wanted` or is too new to load again.
+
+        With `listed_is_enough=False` the backend has just denied having `wanted`, so a list
+        that offers it is stale too.
+        """
+        catalogue = self._catalogue
+        if catalogue is None or now >= self._fresh_until:
+            return False
+        return (
+            not wanted.strip()
+            or (listed_is_enough and catalogue.match(wanted) is not None)
+            or now < self._loaded_at + EARLY_REFRESH_SECONDS
+        )
 
     async def warm_up(self) -> None:
         """Start loading the list in the background, so context sizes are known early."""
@@ -289,11 +348,13 @@ class ModelService:
     ) -> Choice:
         """Switch the chat to the model meant by `model_id` if one is on offer.
 
-        When the backend's list cannot be loaded, the id is trusted as typed (so a backend
-        without /models stays usable), unless the allow-list or the chat-model rules exclude it.
+        An id missing from the cached list has the list loaded again first (see `_load`), so a
+        model just added on the backend can be chosen at once. When the backend's list cannot be
+        loaded, the id is trusted as typed (so a backend without /models stays usable), unless
+        the allow-list or the chat-model rules exclude it.
         """
         requested = model_id.strip()
-        catalogue = await self.catalogue()
+        catalogue = await self._load(wanted=requested)
         if catalogue is None:
             return await self._choose_unverified(
                 chat_id=chat_id, chat_type=chat_type, chat_title=chat_title, requested=requested

@@ -70,10 +70,11 @@ class Figures:
 
 @dataclass(frozen=True, slots=True)
 class ModelFigures:
-    """The figures of one model."""
+    """The figures of one model (from one backend, where the records name it)."""
 
     model: str
     figures: Figures
+    backend: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,29 +427,35 @@ class BudgetService:
 
 
 def _merge(*groups: Sequence[ModelUsage]) -> list[ModelUsage]:
-    """Per-model sums of several sets of records together."""
-    merged: dict[str, UsageSums] = {}
+    """Per-model (and backend) sums of several sets of records together."""
+    merged: dict[tuple[str, str], tuple[str | None, UsageSums]] = {}
     for rows in groups:
         for row in rows:
-            old = merged.get(row.model)
-            merged[row.model] = (
+            key = (row.model, row.backend or "")
+            old = merged.get(key)
+            merged[key] = (
+                row.backend,
                 row.sums
                 if old is None
                 else UsageSums(
-                    requests=old.requests + row.sums.requests,
-                    prompt_tokens=old.prompt_tokens + row.sums.prompt_tokens,
-                    completion_tokens=old.completion_tokens + row.sums.completion_tokens,
-                    images=old.images + row.sums.images,
-                    estimated_requests=old.estimated_requests + row.sums.estimated_requests,
-                )
+                    requests=old[1].requests + row.sums.requests,
+                    prompt_tokens=old[1].prompt_tokens + row.sums.prompt_tokens,
+                    completion_tokens=old[1].completion_tokens + row.sums.completion_tokens,
+                    images=old[1].images + row.sums.images,
+                    estimated_requests=old[1].estimated_requests + row.sums.estimated_requests,
+                ),
             )
-    return [ModelUsage(model=model, sums=sums) for model, sums in sorted(merged.items())]
+    return [
+        ModelUsage(model=model, sums=sums, backend=backend)
+        for (model, _), (backend, sums) in sorted(merged.items())
+    ]
 
 
 def _model_figures(rows: Sequence[ModelUsage], prices: PriceList) -> list[ModelFigures]:
     models = [
         ModelFigures(
             model=row.model,
+            backend=row.backend,
             figures=Figures(
                 requests=row.sums.requests,
                 prompt_tokens=row.sums.prompt_tokens,

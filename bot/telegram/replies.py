@@ -48,6 +48,11 @@ class Replies:
         )
         await self._follow(message, sent)
 
+    async def notice(self, chat_id: int, text: str) -> bool:
+        """Send a plain-text message to a chat unasked (an owner's private chat); True if sent."""
+        sent = await self._delivery.send_text(chat_id, text)
+        return sent.ok
+
     def chat_action(self, message: Message, action: ChatAction) -> ChatActionSender:
         """`action` shown in `message`'s chat while the returned sender's block runs."""
         return self._delivery.chat_action(message.chat.id, action, thread_id=_thread(message))

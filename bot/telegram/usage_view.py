@@ -95,9 +95,13 @@ def _periods(periods: Sequence[PeriodReport], *, priced: bool) -> list[str]:
         figures = _figures(report.total, priced=priced)
         lines.append(_("{period}: {figures}").format(period=title, figures=figures))
         if len(report.models) > 1:
+            # Backends are named only where more than one served: the same model may then
+            # have come from several.
+            several = len({m.backend for m in report.models if m.backend}) > 1
             lines += [
                 _("  • {model}: {figures}").format(
-                    model=m.model, figures=_figures(m.figures, priced=priced)
+                    model=f"{m.model} @ {m.backend}" if several and m.backend else m.model,
+                    figures=_figures(m.figures, priced=priced),
                 )
                 for m in report.models
             ]

@@ -12,12 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from bot.db import create_sessionmaker
 from bot.db.repositories import ChatRepository, NewTurn, TurnRepository
+from bot.llm.backends import BackendHealth, BackendSpec
 from bot.llm.client import LLMClient, RetryPolicy
+from bot.llm.router import Backend, BackendRouter
 from bot.services.chat import ChatConfig, ChatRequest, ChatService
 from bot.services.directory import Directory
+from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
 from tests.fakes.openai import Disconnect, Error, FakeLLM, Stream
 from tests.fakes.sink import RecordingSink
+
+
+SPEC = BackendSpec(name="backend", base_url="http://127.0.0.1/v1")
 
 
 @pytest.fixture
@@ -242,3 +248,42 @@ async def test_a_model_chosen_while_a_new_chats_first_answer_streams_is_kept(
     async with sessions() as session:
         stored = await ChatRepository(session).get(chat_id=10)
     assert stored is not None and stored.model == "chosen-model"
+
+
+async def test_a_model_the_backend_no_longer_has_is_answered_with_the_ones_it_offers(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    llm.models = ["gpt-4o-mini", "gpt-4o", "dall-e-3"]
+    client = LLMClient(http=http, base_url=llm.base_url, api_key=None)
+    now = [0.0]
+    models = ModelService(
+        sessions=sessions, llm=client, default_model="gpt-4o-mini", clock=lambda: now[0]
+    )
+    await models.catalogue()  # cached while the backend still had the model
+    llm.models = ["gpt-4o", "dall-e-3"]
+    now[0] += 60  # within the cache's five minutes
+    llm.enqueue(Error.model_not_found("gpt-4o-mini"))
+    service = ChatService(
+        sessions=sessions,
+        llm=BackendRouter([Backend(SPEC, client, BackendHealth(SPEC))], first_token_timeout=10.0),
+        tokens=TokenCounter(),
+        config=ChatConfig(
+            default_model="gpt-4o-mini",
+            system_prompt="",
+            max_tokens=None,
+            temperature=None,
+            history_token_budget=1000,
+            context_window=8000,
+        ),
+        offered_instead=models.offered_instead,
+    )
+    sink = RecordingSink()
+
+    await service.reply(request=request("hi"), sink=sink)
+
+    assert sink.failure is not None
+    assert "“gpt-4o-mini” is not available" in sink.failure
+    # The list was loaded again (the cached one still offered the model), without the image
+    # model and without the missing one.
+    assert sink.failure.endswith("Models on offer: gpt-4o")
+    assert llm.models_requests == 2

@@ -11,7 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.db import create_sessionmaker
 from bot.llm.client import LLMClient, RetryPolicy
-from bot.services.models import ModelService, Suggested, Switched, Unknown
+from bot.services.models import (
+    EARLY_REFRESH_SECONDS,
+    ModelService,
+    Suggested,
+    Switched,
+    Unknown,
+)
 from tests.fakes.openai import AKASHCHAT_MODELS, FakeLLM
 
 CHAT = 1001
@@ -159,3 +165,76 @@ async def test_a_failed_refresh_keeps_the_last_list(setup: Setup) -> None:
     assert await service.catalogue() is first
     result = await choose(service, "gpt-4o")
     assert isinstance(result, Switched) and result.verified
+
+
+async def test_a_model_added_on_the_backend_can_be_chosen_before_the_cache_expires(
+    setup: Setup,
+) -> None:
+    service = setup.service(cache_seconds=300.0)
+    assert await service.catalogue() is not None
+    setup.llm.models = ["gpt-4o-mini", "gpt-4o", "o3"]
+    setup.clock.now += 60
+    result = await choose(service, "o3")
+    assert isinstance(result, Switched) and result.verified and result.model.id == "o3"
+    assert setup.llm.models_requests == 2  # one reload, for the missing id
+    assert await service.current(chat_id=CHAT) == "o3"
+    # the reloaded list is the one the picker shows now
+    catalogue = await service.catalogue()
+    assert catalogue is not None and catalogue.find("o3") is not None
+    assert setup.llm.models_requests == 2
+
+
+async def test_an_unknown_id_typed_again_and_again_reloads_the_list_rarely(setup: Setup) -> None:
+    service = setup.service(cache_seconds=300.0)
+    assert await service.catalogue() is not None
+    setup.clock.now += 60
+    assert await choose(service, "claude-3-opus") == Unknown("claude-3-opus")
+    assert setup.llm.models_requests == 2
+    for typed in ("claude-3-opus", "claude-3-opus", "mistral-large", "claude-3-opus"):
+        setup.clock.now += 2
+        assert await choose(service, typed) == Unknown(typed)
+    assert setup.llm.models_requests == 2  # whichever id, at most one reload per interval
+    setup.clock.now += EARLY_REFRESH_SECONDS
+    assert await choose(service, "claude-3-opus") == Unknown("claude-3-opus")
+    assert setup.llm.models_requests == 3
+    # an expired list is loaded once for a request, not again because the id is missing
+    setup.clock.now += 301
+    assert await choose(service, "claude-3-opus") == Unknown("claude-3-opus")
+    assert setup.llm.models_requests == 4
+
+
+async def test_a_default_model_added_later_is_listed_before_the_cache_expires(
+    setup: Setup,
+) -> None:
+    setup.llm.models = ["gpt-4o"]
+    service = setup.service(default_model="gpt-4o-mini", cache_seconds=300.0)
+    first = await service.catalogue()
+    assert first is not None and first.find("gpt-4o-mini") is None
+    setup.llm.models = ["gpt-4o", "gpt-4o-mini"]
+    setup.clock.now += EARLY_REFRESH_SECONDS - 1
+    assert await service.catalogue() is first  # just loaded: not asked again yet
+    setup.clock.now += 1
+    fresh = await service.catalogue()
+    assert fresh is not None and fresh.find("gpt-4o-mini") is not None
+    setup.clock.now += 60
+    assert await service.catalogue() is fresh
+    assert setup.llm.models_requests == 2
+
+
+async def test_reloads_for_missing_ids_wait_out_a_failed_list(setup: Setup) -> None:
+    service = setup.service(cache_seconds=300.0)
+    first = await service.catalogue()
+    setup.llm.models_shape = "error"
+    setup.clock.now += 60
+    assert await choose(service, "o3") == Unknown("o3")  # checked against the last list
+    assert setup.llm.models_requests == 2
+    setup.clock.now += 20  # past the reload interval, but within the failure backoff
+    assert await choose(service, "o3") == Unknown("o3")
+    assert await service.catalogue() is first
+    assert setup.llm.models_requests == 2
+    setup.llm.models_shape = "openai"
+    setup.llm.models = ["gpt-4o-mini", "gpt-4o", "o3"]
+    setup.clock.now += 11
+    result = await choose(service, "o3")
+    assert isinstance(result, Switched) and result.model.id == "o3"
+    assert setup.llm.models_requests == 3

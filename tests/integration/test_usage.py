@@ -25,6 +25,7 @@ from bot.services.usage import (
     UsagePolicy,
     UsageService,
 )
+from bot.telegram.usage_view import bot_report_text
 from tests.fakes.openai import Error, FakeLLM, Stream
 from tests.fakes.sink import RecordingSink
 
@@ -50,10 +51,12 @@ async def add_usage(
     estimated: bool = False,
     kind: str = "chat",
     status: str = "ok",
+    backend: str | None = None,
 ) -> None:
     async with sessions() as session, session.begin():
         await session.execute(
             insert(UsageRecord).values(
+                backend=backend,
                 user_id=user_id,
                 chat_id=chat_id,
                 model=model,
@@ -120,6 +123,34 @@ async def test_user_report_sums_today_month_and_all_time_per_model_with_costs(
     assert periods["all"].total.requests == 4
     assert not today.estimated
     assert report.priced
+
+
+async def test_where_several_backends_served_the_report_names_them(
+    sessionmaker: Sessionmaker,
+) -> None:
+    await add_usage(sessionmaker, at=NOW, prompt=100, backend="primary")
+    await add_usage(sessionmaker, at=NOW, prompt=50, backend="fallback")
+    await add_usage(sessionmaker, at=NOW, model="big", prompt=5, backend="primary")
+    service = UsageService(sessions=sessionmaker, policy=policy(), clock=lambda: NOW)
+
+    with use_locale("en"):
+        text = "\n".join(bot_report_text(await service.bot_report()))
+
+    assert "small @ primary: " in text
+    assert "small @ fallback: " in text
+    assert "big @ primary: " in text
+
+
+async def test_one_backend_is_not_named_in_the_report(sessionmaker: Sessionmaker) -> None:
+    await add_usage(sessionmaker, at=NOW, prompt=100, backend="primary")
+    await add_usage(sessionmaker, at=NOW, model="big", prompt=5, backend="primary")
+    service = UsageService(sessions=sessionmaker, policy=policy(), clock=lambda: NOW)
+
+    with use_locale("en"):
+        text = "\n".join(bot_report_text(await service.bot_report()))
+
+    assert "• small: " in text
+    assert "@" not in text
 
 
 async def test_estimated_figures_are_marked_as_such(sessionmaker: Sessionmaker) -> None:

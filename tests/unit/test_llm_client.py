@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.llm.backends import BackendHealth, BackendSpec
 from bot.llm.client import LLMClient, LLMTimeouts
 from bot.llm.dialects import retry_after
 from bot.llm.errors import (
@@ -31,6 +32,8 @@ from bot.llm.errors import (
     LLMUnavailableError,
 )
 from bot.llm.policy import RETRY_AFTER_CAP, RetryPolicy
+from bot.llm.router import Backend as RoutedBackend
+from bot.llm.router import BackendRouter
 from bot.llm.types import ChatEvent, ChatMessage, ModelInfo, StreamEnd, TextDelta, Usage
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "providers"
@@ -62,12 +65,19 @@ class FakeStream(httpx.AsyncByteStream):
     """A response body sent in small pieces, then optionally an error or an endless silence."""
 
     def __init__(
-        self, body: bytes, *, piece: int = 37, error: Exception | None = None, hang: bool = False
+        self,
+        body: bytes,
+        *,
+        piece: int = 37,
+        error: Exception | None = None,
+        hang: bool = False,
+        keepalive: float | None = None,
     ) -> None:
         self.body = body
         self.piece = piece
         self.error = error
         self.hang = hang
+        self.keepalive = keepalive  # then SSE comments at this interval, without end
         self.closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -75,6 +85,9 @@ class FakeStream(httpx.AsyncByteStream):
             yield self.body[start : start + self.piece]
         if self.error is not None:
             raise self.error
+        while self.keepalive is not None:
+            await asyncio.sleep(self.keepalive)
+            yield b": keep-alive\n\n"
         if self.hang:
             await asyncio.Event().wait()
 
@@ -112,6 +125,7 @@ def reply(
     headers: Iterable[tuple[str, str]] = (),
     error: Exception | None = None,
     hang: bool = False,
+    keepalive: float | None = None,
 ) -> Reply:
     raw = body.encode() if isinstance(body, str) else body
     all_headers = list(headers)
@@ -119,7 +133,7 @@ def reply(
         all_headers.append(("content-type", content_type))
 
     def make(request: httpx.Request) -> httpx.Response:
-        stream = FakeStream(raw, error=error, hang=hang)
+        stream = FakeStream(raw, error=error, hang=hang, keepalive=keepalive)
         return httpx.Response(status, headers=all_headers, stream=stream, request=request)
 
     return make
@@ -168,7 +182,8 @@ def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -
 @dataclass
 class Harness:
     backend: Backend
-    client: LLMClient
+    client: LLMClient  # one attempt
+    router: BackendRouter  # the client as the only backend: retries, cooldowns
     sleeps: list[float]
 
 
@@ -189,19 +204,29 @@ async def make() -> AsyncIterator[HarnessFactory]:
         http = httpx.AsyncClient(transport=httpx.MockTransport(backend))
         opened.append(http)
         sleeps: list[float] = []
+        now = [0.0]  # the backends' clock, which the fake sleep advances
 
         async def fake_sleep(delay: float) -> None:
             sleeps.append(delay)
+            now[0] += delay
 
+        timeouts = timeouts or LLMTimeouts()
         client = LLMClient(
             http=http,
             base_url=BASE_URL,
             api_key=api_key,
-            timeouts=timeouts or LLMTimeouts(),
+            timeouts=timeouts,
             retry=retry or RetryPolicy(),
             sleep=fake_sleep,
         )
-        return Harness(backend, client, sleeps)
+        spec = BackendSpec(name="backend", base_url=BASE_URL, api_key=api_key)
+        router = BackendRouter(
+            [RoutedBackend(spec, client, BackendHealth(spec, clock=lambda: now[0]))],
+            first_token_timeout=timeouts.first_token,
+            retry=retry or RetryPolicy(),
+            sleep=fake_sleep,
+        )
+        return Harness(backend, client, router, sleeps)
 
     yield factory
     for http in opened:
@@ -211,7 +236,7 @@ async def make() -> AsyncIterator[HarnessFactory]:
 NO_RETRY = RetryPolicy(max_retries=0)
 
 
-async def answer(client: LLMClient, **kwargs: Any) -> tuple[list[str], StreamEnd]:
+async def answer(client: LLMClient | BackendRouter, **kwargs: Any) -> tuple[list[str], StreamEnd]:
     """The text pieces and the final event; checks the stream's contract on the way."""
     events: list[ChatEvent] = [
         e async for e in client.stream_chat(model="gpt-4o-mini", messages=MESSAGES, **kwargs)
@@ -223,7 +248,7 @@ async def answer(client: LLMClient, **kwargs: Any) -> tuple[list[str], StreamEnd
     return [d.text for d in deltas if isinstance(d, TextDelta)], end
 
 
-async def failed_answer(client: LLMClient) -> tuple[str, LLMError]:
+async def failed_answer(client: LLMClient | BackendRouter) -> tuple[str, LLMError]:
     """The text shown before the stream failed, and the error."""
     shown: list[str] = []
     with pytest.raises(LLMError) as caught:
@@ -829,7 +854,7 @@ async def test_api_key_never_reaches_messages_or_logs(
     h = make(reply(json.dumps(body), status=500, content_type="application/json"))
 
     with caplog.at_level(logging.DEBUG):
-        _, error = await failed_answer(h.client)
+        _, error = await failed_answer(h.router)
 
     assert API_KEY not in str(error)
     assert "Key *** is over quota" in str(error)
@@ -843,7 +868,7 @@ async def test_api_key_never_reaches_messages_or_logs(
 async def test_in_stream_auth_error_is_raised_without_retry(make: HarnessFactory) -> None:
     h = make(fixture("dwmkerr-mock-llm/stream-error-401-bad-key.sse"))
 
-    shown, error = await failed_answer(h.client)
+    shown, error = await failed_answer(h.router)
 
     assert shown == ""
     assert isinstance(error, LLMAuthError)
@@ -855,7 +880,7 @@ async def test_in_stream_auth_error_is_raised_without_retry(make: HarnessFactory
 async def test_in_stream_rate_limit_is_retried_then_raised(make: HarnessFactory) -> None:
     h = make(fixture("dwmkerr-mock-llm/stream-error-429.sse"))
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert isinstance(error, LLMRateLimitError)
     assert error.message == "Rate limit reached for requests"
@@ -866,7 +891,7 @@ async def test_in_stream_rate_limit_is_retried_then_raised(make: HarnessFactory)
 async def test_in_stream_error_after_text_is_raised_without_retry(make: HarnessFactory) -> None:
     h = make(fixture("litellm/stream-error-upstream-dropped.sse"))
 
-    shown, error = await failed_answer(h.client)
+    shown, error = await failed_answer(h.router)
 
     assert shown == PARTIAL_LONG_ANSWER
     assert isinstance(error, LLMServerError)
@@ -938,10 +963,10 @@ async def test_disconnect_before_any_text_is_retried(make: HarnessFactory) -> No
         fixture("mock-ai-api/stream-include-usage.sse"),
     )
 
-    pieces, end = await answer(h.client)
+    pieces, end = await answer(h.router)
 
     assert "".join(pieces) == MOCK_AI_ANSWER
-    assert end == StreamEnd("stop", Usage(34, 12))
+    assert (end.finish_reason, end.usage) == ("stop", Usage(34, 12))
     assert len(h.backend.requests) == 2
     assert len(h.sleeps) == 1
 
@@ -949,7 +974,7 @@ async def test_disconnect_before_any_text_is_retried(make: HarnessFactory) -> No
 async def test_connect_error_exhausts_retries(make: HarnessFactory) -> None:
     h = make(httpx.ConnectError("[Errno 111] Connection refused"))
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert type(error) is LLMUnavailableError
     assert "Connection refused" in str(error)
@@ -960,7 +985,7 @@ async def test_connect_error_exhausts_retries(make: HarnessFactory) -> None:
 async def test_connect_error_then_success(make: HarnessFactory) -> None:
     h = make(httpx.ConnectError("refused"), fixture("litellm/stream-include-usage.sse"))
 
-    pieces, _ = await answer(h.client)
+    pieces, _ = await answer(h.router)
 
     assert "".join(pieces) == LITELLM_ANSWER
     assert len(h.sleeps) == 1
@@ -969,7 +994,7 @@ async def test_connect_error_then_success(make: HarnessFactory) -> None:
 async def test_url_without_scheme_is_not_retried(make: HarnessFactory) -> None:
     h = make(httpx.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://'"))
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert isinstance(error, LLMUnavailableError)
     assert h.sleeps == []
@@ -983,7 +1008,7 @@ SHORT = LLMTimeouts(connect=1.0, first_token=0.05, idle=5.0, total=5.0)
 async def test_connect_timeout_is_retried_then_raised(make: HarnessFactory) -> None:
     h = make(httpx.ConnectTimeout("timed out"))
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert isinstance(error, LLMTimeoutError)
     assert error.phase == "connect"
@@ -1028,8 +1053,10 @@ async def test_reasoning_deltas_stop_the_first_token_timer(make: HarnessFactory)
 
 
 async def test_total_deadline_after_text(make: HarnessFactory) -> None:
+    # Once text streams, a read waits at most the idle timeout (the HTTP client's); the total
+    # deadline cuts a backend that keeps sending (here: keep-alive comments) past it.
     timeouts = LLMTimeouts(connect=1.0, first_token=5.0, idle=5.0, total=0.05)
-    h = make(reply(sse(chunk("Otters"), done=False), hang=True), timeouts=timeouts)
+    h = make(reply(sse(chunk("Otters"), done=False), keepalive=0.01), timeouts=timeouts)
 
     shown, error = await failed_answer(h.client)
 
@@ -1063,7 +1090,7 @@ def rate_limited(headers: Iterable[tuple[str, str]]) -> Reply:
 async def test_retry_after_seconds_is_honoured(make: HarnessFactory) -> None:
     h = make(rate_limited([("Retry-After", "7")]), fixture("mockllm/stream-no-usage.sse"))
 
-    pieces, _ = await answer(h.client)
+    pieces, _ = await answer(h.router)
 
     assert "".join(pieces) == MOCKLLM_STREAM_ANSWER
     assert h.sleeps == [7.0]
@@ -1072,7 +1099,7 @@ async def test_retry_after_seconds_is_honoured(make: HarnessFactory) -> None:
 async def test_litellm_prefixed_retry_after_is_honoured(make: HarnessFactory) -> None:
     h = make(fixture("litellm/error-429-rpm-limit.json"), fixture("litellm/stream-no-usage.sse"))
 
-    pieces, _ = await answer(h.client)
+    pieces, _ = await answer(h.router)
 
     assert "".join(pieces) == LITELLM_ANSWER
     assert h.sleeps == [60.0]
@@ -1084,7 +1111,7 @@ async def test_ratelimit_reset_header_is_honoured(make: HarnessFactory) -> None:
         fixture("mockllm/stream-no-usage.sse"),
     )
 
-    await answer(h.client)
+    await answer(h.router)
 
     assert h.sleeps == [1.5]
 
@@ -1092,7 +1119,7 @@ async def test_ratelimit_reset_header_is_honoured(make: HarnessFactory) -> None:
 async def test_retry_after_over_the_cap_is_raised_at_once(make: HarnessFactory) -> None:
     h = make(rate_limited([("Retry-After", str(int(RETRY_AFTER_CAP) + 60))]))
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert isinstance(error, LLMRateLimitError)
     assert error.retry_after == RETRY_AFTER_CAP + 60
@@ -1108,7 +1135,7 @@ async def test_retry_that_would_pass_the_total_deadline_is_not_attempted(
         timeouts=LLMTimeouts(connect=1.0, first_token=5.0, idle=5.0, total=10.0),
     )
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert isinstance(error, LLMRateLimitError)
     assert h.sleeps == []
@@ -1120,7 +1147,7 @@ async def test_backoff_doubles_up_to_max_delay(make: HarnessFactory) -> None:
         retry=RetryPolicy(max_retries=4, base_delay=1.0, max_delay=5.0, jitter=lambda cap: cap),
     )
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert isinstance(error, LLMServerError)
     assert error.status == 503
@@ -1131,7 +1158,7 @@ async def test_backoff_doubles_up_to_max_delay(make: HarnessFactory) -> None:
 async def test_backoff_has_full_jitter(make: HarnessFactory) -> None:
     h = make(fixture("litellm/error-529-stream-first-chunk.json"), retry=RetryPolicy(5, 0.5, 3.0))
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert isinstance(error, LLMServerError)
     assert error.status == 529
@@ -1143,7 +1170,7 @@ async def test_backoff_has_full_jitter(make: HarnessFactory) -> None:
 async def test_server_error_then_success(make: HarnessFactory) -> None:
     h = make(fixture("litellm/error-500.json"), fixture("litellm/stream-include-usage.sse"))
 
-    pieces, end = await answer(h.client)
+    pieces, end = await answer(h.router)
 
     assert "".join(pieces) == LITELLM_ANSWER
     assert end.usage == Usage(29, 23)
@@ -1164,7 +1191,7 @@ async def test_server_error_then_success(make: HarnessFactory) -> None:
 async def test_client_errors_are_never_retried(make: HarnessFactory, case: str) -> None:
     h = make(fixture(case))
 
-    await failed_answer(h.client)
+    await failed_answer(h.router)
 
     assert len(h.backend.requests) == 1
     assert h.sleeps == []
@@ -1173,7 +1200,7 @@ async def test_client_errors_are_never_retried(make: HarnessFactory, case: str) 
 async def test_forbidden_is_never_retried(make: HarnessFactory) -> None:
     h = make(reply('{"error": "Forbidden"}', status=403, content_type="application/json"))
 
-    _, error = await failed_answer(h.client)
+    _, error = await failed_answer(h.router)
 
     assert isinstance(error, LLMAuthError)
     assert h.sleeps == []

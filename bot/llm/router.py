@@ -1,0 +1,208 @@
+"""One chat answer across several backends: the one retry loop of a chat turn, one deadline.
+
+The turn's first token is due within LLM_FIRST_TOKEN_TIMEOUT of the request, across every
+attempt and backend. Each attempt gets a share of the time left (divided by the backends still
+to try in this round), so a hanging primary is abandoned in time for a healthy fallback to
+answer. What a failure means is decided in one place (`bot.llm.backends.decide`); after a round
+of failures the usable backends are tried again after a short backoff, while time is left.
+Once text has streamed, nothing is retried: the partial answer stays what the user saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot.llm.backends import Action, BackendHealth, BackendSpec, decide
+from bot.llm.client import LLMClient
+from bot.llm.errors import LLMError, LLMNoBackendError
+from bot.llm.policy import RetryPolicy, chat_retryable
+from bot.llm.types import ChatEvent, ChatMessage, StreamEnd, TextDelta
+
+logger = logging.getLogger(__name__)
+
+# Told when a backend leaves rotation because it refused its key: (backend, its own words).
+_RETRY = RetryPolicy()
+
+OwnerNotice = Callable[[BackendSpec, str], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A configured backend: its client and its shared health."""
+
+    spec: BackendSpec
+    client: LLMClient
+    health: BackendHealth
+
+
+class BackendRouter:
+    """Streams a chat answer from the first backend that starts answering in time."""
+
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        *,
+        first_token_timeout: float,
+        retry: RetryPolicy = _RETRY,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        notify_owner: OwnerNotice | None = None,
+    ) -> None:
+        """`backends`: the primary first, then the fallbacks in order."""
+        if not backends:
+            raise ValueError("at least one backend is needed")
+        self.backends = tuple(backends)
+        self._first_token_timeout = first_token_timeout
+        self._retry = retry
+        self._sleep = sleep
+        self._notify_owner = notify_owner
+        self._notices: set[asyncio.Task[None]] = set()
+
+    def set_owner_notice(self, notice: OwnerNotice) -> None:
+        """Call `notice` (in a task of its own) when a backend leaves rotation over its key."""
+        self._notify_owner = notice
+
+    @property
+    def primary(self) -> Backend:
+        """The backend named by LLM_BASE_URL."""
+        return self.backends[0]
+
+    async def stream_chat(
+        self,
+        *,
+        model: str,
+        messages: Sequence[ChatMessage],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """TextDelta pieces, then one StreamEnd naming the backend and model that answered.
+
+        Raises the LLMError that ended the turn, its `backend` set to the backend it came from.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._first_token_timeout
+        last: LLMError | None = None
+        rounds = 0
+        attempt = 0
+        last_resort = False
+        while True:
+            candidates = [b for b in self.backends if b.health.usable()]
+            wait = self._usable_in() if not candidates else 0.0
+            if not candidates and math.isinf(wait) and not last_resort:
+                # Every backend refused its key: ask them anyway rather than refuse every
+                # chat until the retry time (the key may be fixed on the backend's side); a
+                # refusal again is what the user is told.
+                candidates, last_resort = list(self.backends), True
+            elif not candidates:
+                # Other chats' failures cooled every backend down: wait for the first, in time.
+                if rounds >= self._retry.max_retries or loop.time() + wait >= deadline:
+                    raise last or self._none_usable()
+                rounds += 1
+                await self._sleep(wait)
+                continue
+            for index, backend in enumerate(candidates):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if not (last_resort or backend.health.usable()):
+                    continue  # another chat's attempt cooled it down meanwhile
+                attempt += 1
+                share = remaining / (len(candidates) - index)
+                asked = backend.spec.model or model
+                started = loop.time()
+                streamed = False
+                try:
+                    events = backend.client.stream_chat(
+                        model=asked,
+                        messages=messages,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        first_token_by=started + share,
+                    )
+                    async with contextlib.aclosing(events):
+                        async for event in events:
+                            if isinstance(event, TextDelta):
+                                if not streamed:
+                                    streamed = True
+                                    backend.health.started(loop.time() - started)
+                                yield event
+                            else:
+                                self._log(backend, asked, attempt, "ok", started)
+                                yield StreamEnd(
+                                    event.finish_reason,
+                                    event.usage,
+                                    backend=backend.spec.name,
+                                    model=asked,
+                                )
+                    return
+                except LLMError as exc:
+                    exc.backend = backend.spec.name
+                    exc.model = asked
+                    if streamed:
+                        # The user saw this backend's text: it is never replaced by another's.
+                        self._log(backend, asked, attempt, type(exc).__name__, started)
+                        backend.health.failed(exc, Action.NEXT)
+                        raise
+                    action = decide(exc, backend.spec, primary=backend is self.primary)
+                    outcome = f"{type(exc).__name__}:{action.value}"
+                    self._log(backend, asked, attempt, outcome, started)
+                    if backend.health.failed(exc, action):
+                        self._tell_owner(backend.spec, backend.health.out_reason or str(exc))
+                    if action is Action.STOP:
+                        raise
+                    last = exc
+            rounds += 1
+            # Another round only after failures that may heal (not a timeout past the first
+            # token's share, not a URL that can never work).
+            if last is None or not chat_retryable(last):
+                raise last or self._none_usable()
+            delay = self._retry.delay(last, rounds - 1, deadline)
+            if delay is None:
+                raise last
+            # A backend that was told to cool down is tried again once it has.
+            wait = max(delay, self._usable_in())
+            if loop.time() + wait >= deadline:
+                raise last
+            await self._sleep(wait)
+
+    def _usable_in(self) -> float:
+        """Seconds until some backend may be tried (0: now; infinite: all out of rotation)."""
+        waits = [
+            0.0 if b.health.usable() else b.health.cooling_left()
+            for b in self.backends
+            if b.health.state() != "out"
+        ]
+        return min(waits, default=math.inf)
+
+    def _none_usable(self) -> LLMNoBackendError:
+        states = ", ".join(f"{b.spec.name}: {b.health.state()}" for b in self.backends)
+        cooling = [b.health.cooling_left() for b in self.backends if b.health.state() == "cooling"]
+        return LLMNoBackendError(
+            f"no backend can answer now ({states})",
+            retry_in=min(cooling) if cooling else None,
+        )
+
+    def _log(
+        self, backend: Backend, model: str, attempt: int, outcome: str, started: float
+    ) -> None:
+        logger.info(
+            "backend attempt %d: backend=%s model=%s outcome=%s latency_ms=%d",
+            attempt,
+            backend.spec.name,
+            model,
+            outcome,
+            (asyncio.get_running_loop().time() - started) * 1000,
+        )
+
+    def _tell_owner(self, spec: BackendSpec, reason: str) -> None:
+        logger.error("backend %s refused its API key and left rotation: %s", spec.name, reason)
+        if self._notify_owner is None:
+            return
+        task = asyncio.create_task(self._notify_owner(spec, reason))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
