@@ -35,8 +35,8 @@ MAX_ANSWER_BYTES = 64 * MIB
 
 REPLACEMENT = "\ufffd"
 
-# Returns the deadline that bounds the next read of the body, or None once answer text has
-# been sent on: then each read is bounded by the idle timeout of the HTTP client alone, and the total
+# Returns the deadline that bounds the next read of the body, or None once answer text has been
+# sent on: then each read is bounded by the idle timeout of the HTTP client alone, and the total
 # deadline is checked by the callable itself before the read (a timer per read would cost more
 # than the rest of the read for the small events of a stream).
 ReadBudget = Callable[[], Within | None]

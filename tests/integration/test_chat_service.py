@@ -22,7 +22,6 @@ from bot.services.tokens import TokenCounter
 from tests.fakes.openai import Disconnect, Error, FakeLLM, Stream
 from tests.fakes.sink import RecordingSink
 
-
 SPEC = BackendSpec(name="backend", base_url="http://127.0.0.1/v1")
 
 
