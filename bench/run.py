@@ -40,6 +40,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection
 
 ROOT = Path(__file__).resolve().parents[1]
 # The checkout whose bot is measured: this one unless --bot-root names another.
@@ -47,7 +50,7 @@ BOT_ROOT = ROOT
 if str(ROOT) not in sys.path:  # run as a script: make `bot` and `tests` importable
     sys.path.insert(0, str(ROOT))
 
-from bot.db.engine import create_engine, create_sessionmaker, migrate  # noqa: E402
+from bot.db.engine import alembic_config, create_engine, create_sessionmaker  # noqa: E402
 from bot.db.repositories import ChatRepository, NewTurn, TurnRepository  # noqa: E402
 from bot.services.tokens import TokenCounter  # noqa: E402
 from tests.fakes.openai import FakeLLM, Recorded, Reply, Stream  # noqa: E402
@@ -278,10 +281,20 @@ async def environment(
         await tg.stop()
 
 
+def _upgrade_to_head(connection: Connection, config: Config) -> None:
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
 async def prefill_history(db_path: Path, turns_by_chat: dict[int, int]) -> None:
     """Store conversations directly through the repositories, before the bot starts."""
     engine = create_engine(f"sqlite+aiosqlite:///{db_path}")
-    await migrate(engine)
+    # The schema of the bot measured (another revision's, with bench/compare.py), so that it
+    # starts on a database it knows; the tables written here are the same in every revision.
+    config = alembic_config()
+    config.set_main_option("script_location", str(BOT_ROOT / "bot" / "db" / "migrations"))
+    async with engine.connect() as connection:
+        await connection.run_sync(_upgrade_to_head, config)
     sessions = create_sessionmaker(engine)
     counter = TokenCounter()
     question = plain_text(160, seed=1)

@@ -286,3 +286,24 @@ async def test_a_model_the_backend_no_longer_has_is_answered_with_the_ones_it_of
     # model and without the missing one.
     assert sink.failure.endswith("Models on offer: gpt-4o")
     assert llm.models_requests == 2
+
+
+async def test_a_context_the_backend_finds_too_long_is_sent_again_with_half_the_history(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http, history_token_budget=2000, max_tokens=None)
+    llm.enqueue(*(Stream([f"answer {i}"]) for i in range(10)))
+    for i in range(10):
+        question = f"question {i} " + "word " * 200
+        await service.reply(request=request(question, message_id=i + 1), sink=RecordingSink())
+    # The backend counts tokens its own way and refuses what the bot thought would fit.
+    llm.enqueue(Error.context_length_exceeded(1000, 1400), Stream(["Short enough now."]))
+    sink = RecordingSink()
+
+    outcome = await service.reply(request=request("And now?", message_id=50), sink=sink)
+
+    assert outcome.status == "ok"
+    assert "".join(sink.pushed) == "Short enough now."
+    refused, sent = llm.chat_requests[-2:]
+    assert len(sent["messages"]) < len(refused["messages"])
+    assert sent["messages"][-1]["content"] == "And now?"
