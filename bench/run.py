@@ -31,6 +31,7 @@ import math
 import os
 import platform
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -174,7 +175,13 @@ class BotProcess:
 
     @classmethod
     async def start(
-        cls, *, tg: FakeTelegram, llm: FakeLLM, workdir: Path, db_path: Path
+        cls,
+        *,
+        tg: FakeTelegram,
+        llm: FakeLLM,
+        workdir: Path,
+        db_path: Path,
+        extra_env: dict[str, str] | None = None,
     ) -> BotProcess:
         """Start the bot pointed at the fakes; returns once it polls for updates."""
         env = {
@@ -192,6 +199,7 @@ class BotProcess:
             DATABASE_URL=f"sqlite:///{db_path}",
             SHUTDOWN_GRACE="5",
         )
+        env.update(extra_env or {})
         log_path = workdir / "bot.log"
         with log_path.open("ab") as log:
             # cwd is the scratch directory, so no developer's .env is read.
@@ -260,9 +268,13 @@ def scratch_dir(path: Path) -> Path:
 
 @contextlib.asynccontextmanager
 async def environment(
-    workdir: Path, prefill: dict[int, int] | None = None
+    workdir: Path, prefill: dict[int, int] | None = None, *, primary_down: bool = False
 ) -> AsyncIterator[tuple[FakeTelegram, FakeLLM, BotProcess]]:
-    """Fresh fakes, a fresh database (optionally with stored history) and a running bot."""
+    """Fresh fakes, a fresh database (optionally with stored history) and a running bot.
+
+    `primary_down`: the bot's primary backend refuses connections and the fake backend is its
+    fallback (LLM_FALLBACKS).
+    """
     db_path = scratch_dir(workdir) / "bot.db"
     if prefill:
         await prefill_history(db_path, prefill)
@@ -272,13 +284,27 @@ async def environment(
     await llm.start()
     bot: BotProcess | None = None
     try:
-        bot = await BotProcess.start(tg=tg, llm=llm, workdir=workdir, db_path=db_path)
+        extra = None
+        if primary_down:
+            fallback = {"base_url": llm.base_url, "api_key": API_KEY, "name": "fallback"}
+            extra = {"LLM_BASE_URL": refused_url(), "LLM_FALLBACKS": json.dumps([fallback])}
+        bot = await BotProcess.start(
+            tg=tg, llm=llm, workdir=workdir, db_path=db_path, extra_env=extra
+        )
         yield tg, llm, bot
     finally:
         if bot is not None:
             await bot.stop()
         await llm.stop()
         await tg.stop()
+
+
+def refused_url() -> str:
+    """A backend URL on a local port nothing listens on: connections are refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 def _upgrade_to_head(connection: Connection, config: Config) -> None:
@@ -435,6 +461,39 @@ async def latency(
         last_done[chat_id] = time.monotonic()
         if sample is not None:
             result.samples.append(sample)
+    return result
+
+
+@dataclass
+class FallbackResult:
+    """Delays to the backend request with a healthy primary, and with one refusing connections.
+
+    Ingest (getUpdates -> the request reaching the backend that answers) holds the fallback's
+    cost: the refused attempt on the primary comes first. The first visible text after the
+    first token does not depend on which backend answered.
+    """
+
+    healthy: list[Sample] = field(default_factory=list)
+    fallback: list[Sample] = field(default_factory=list)
+
+
+async def fallback_delays(root: Path, answers: int) -> FallbackResult:
+    """The same short answers, first through a healthy primary, then through the fallback."""
+    result = FallbackResult()
+    for primary_down, samples in ((False, result.healthy), (True, result.fallback)):
+        kind = "down" if primary_down else "healthy"
+        async with environment(root / f"fallback-{kind}", primary_down=primary_down) as (
+            tg,
+            llm,
+            _,
+        ):
+            llm.set_default(Script(Stream(chunked(LATENCY_ANSWER, 12), delay=0.01)))
+            for i, chat_id in enumerate((951, 952, 953)):  # warm-up
+                await ask(tg, llm, chat_id, f"warm-up {i}", LATENCY_ANSWER, 0)
+            for i in range(answers):
+                sample = await ask(tg, llm, 6000 + i, f"question {i}", LATENCY_ANSWER, 0)
+                if sample is not None:
+                    samples.append(sample)
     return result
 
 
@@ -677,6 +736,7 @@ def report(
     lat: LatencyResult | None,
     smooth: list[SmoothResult],
     cap: list[CapacityResult],
+    fb: FallbackResult | None = None,
 ) -> str:
     """The results as Markdown tables."""
     out = [
@@ -708,6 +768,29 @@ def report(
             "",
             f"{BUDGET_FULL_TURNS} stored turns already fill the default 12,000-token history "
             "budget, so from there on the prompt sent stays the same size.",
+            "",
+        ]
+    if fb is not None:
+        rows = []
+        for what, samples in (
+            ("healthy primary", fb.healthy),
+            ("primary refusing connections, fallback answers", fb.fallback),
+        ):
+            ingest = [x.ingest for x in samples]
+            first = [x.first_token for x in samples]
+            rows.append(
+                f"| {what} | {len(samples)} | {ms(percentile(ingest, 50))} | "
+                f"{ms(percentile(ingest, 95))} | {ms(percentile(first, 50))} |"
+            )
+        extra = percentile([x.ingest for x in fb.fallback], 50) - percentile(
+            [x.ingest for x in fb.healthy], 50
+        )
+        out += [
+            "| backend | answers | ingest p50 ms | ingest p95 ms | first token -> text p50 ms |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *rows,
+            "",
+            f"The fallback adds {ms(extra)} ms (p50) before the answer is requested.",
             "",
         ]
     if cap:
@@ -777,7 +860,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk-chars", type=int, default=20, help="characters per SSE chunk")
     parser.add_argument("--repeat", type=int, help="runs per chat count (medians are shown)")
     parser.add_argument(
-        "--only", default="latency,capacity,smooth", help="scenarios to run, comma-separated"
+        "--only",
+        default="latency,fallback,capacity,smooth",
+        help="scenarios to run, comma-separated",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument(
@@ -798,6 +883,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.private_seconds = 5.0 if args.quick else 20.0
     args.group_seconds = 10.0 if args.quick else 65.0
     args.long_turns = 1000 if args.quick else 5000
+    args.fallback_answers = 20 if args.quick else 60
     return args
 
 
@@ -805,6 +891,7 @@ async def main(args: argparse.Namespace) -> None:
     """Run the chosen scenarios and print the tables."""
     info = machine()
     lat: LatencyResult | None = None
+    fb: FallbackResult | None = None
     smooth: list[SmoothResult] = []
     cap: list[CapacityResult] = []
     with tempfile.TemporaryDirectory(prefix="bot-bench-") as scratch:
@@ -827,6 +914,9 @@ async def main(args: argparse.Namespace) -> None:
                     smooth = await smoothness(
                         tg, llm, script, args.private_seconds, args.group_seconds
                     )
+        if "fallback" in args.scenarios:
+            progress("fallback: primary refusing connections")
+            fb = await fallback_delays(root, args.fallback_answers)
         if "capacity" in args.scenarios:
             for n in args.chat_counts:
                 runs = []
@@ -844,11 +934,12 @@ async def main(args: argparse.Namespace) -> None:
                 cap.append(combine(runs))
     progress("done")
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    print(report(info, lat, smooth, cap))
+    print(report(info, lat, smooth, cap, fb))
     if args.json:
         raw = {
             "machine": info,
             "latency": asdict(lat) if lat else None,
+            "fallback": asdict(fb) if fb else None,
             "smoothness": [asdict(s) for s in smooth],
             "capacity": [asdict(c) for c in cap],
         }

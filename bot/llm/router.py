@@ -20,7 +20,7 @@ from typing import Any
 
 from bot.llm.backends import Action, BackendHealth, BackendSpec, decide
 from bot.llm.client import LLMClient
-from bot.llm.errors import LLMError, LLMNoBackendError
+from bot.llm.errors import LLMError, LLMNoBackendError, LLMTimeoutError
 from bot.llm.policy import RetryPolicy, chat_retryable
 from bot.llm.types import ChatEvent, ChatMessage, StreamEnd, TextDelta
 
@@ -156,6 +156,8 @@ class BackendRouter:
                     if action is Action.STOP:
                         raise
                     last = exc
+            if loop.time() >= deadline:
+                raise last or LLMTimeoutError("first_token", self._first_token_timeout)
             rounds += 1
             # Another round only after failures that may heal (not a timeout past the first
             # token's share, not a URL that can never work).

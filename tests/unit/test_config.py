@@ -139,3 +139,50 @@ def test_every_setting_is_documented_in_readme_and_env_example() -> None:
     for name in Settings.model_fields:
         assert f"`{name.upper()}`" in "\n".join(rows), f"{name.upper()} missing from README"
         assert f"{name.upper()}=" in env_example, f"{name.upper()} missing from .env.example"
+
+
+def test_fallback_backends_are_read_and_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fallbacks = (
+        '[{"base_url": "https://litellm.example.com/v1/", "api_key": "sk-fallback"},'
+        ' {"base_url": "http://127.0.0.1:11434/v1", "model": "qwen2.5", "name": "ollama"},'
+        ' {"base_url": "https://litellm.example.com/v1"}]'
+    )
+    s = load(
+        monkeypatch, tmp_path, BOT_TOKEN=TOKEN, LLM_API_KEY="sk-main", LLM_FALLBACKS=fallbacks
+    )
+
+    backends = s.backends()
+
+    assert [(b.name, b.base_url, b.model) for b in backends] == [
+        ("proxy.gonka.gg", "https://proxy.gonka.gg/v1", None),
+        ("litellm.example.com", "https://litellm.example.com/v1", None),
+        ("ollama", "http://127.0.0.1:11434/v1", "qwen2.5"),
+        ("litellm.example.com #2", "https://litellm.example.com/v1", None),
+    ]
+    assert [b.api_key for b in backends] == ["sk-main", "sk-fallback", None, None]
+    assert "sk-" not in repr(backends)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('[{"base_url": "https://a/v1", "api_key": "sk-secret"', "is not valid JSON (line 1"),
+        ('{"base_url": "https://a/v1"}', "must be a JSON list of backends"),
+        ('[{"api_key": "sk-secret"}]', "LLM_FALLBACKS.0.BASE_URL: is required but not set"),
+        (
+            '[{"base_url": "https://a/v1"}, {"base_url": "a/v1", "api_key": "sk-secret"}]',
+            "LLM_FALLBACKS.1.BASE_URL: must start with http:// or https://",
+        ),
+        ('[{"base_url": "https://a/v1", "key": "sk-secret"}]', "LLM_FALLBACKS.0.KEY: "),
+    ],
+)
+def test_a_bad_fallback_entry_is_named_without_its_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN, LLM_FALLBACKS=value)
+    message = str(err.value)
+    assert expected in message
+    assert "sk-secret" not in message

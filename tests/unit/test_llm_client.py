@@ -1353,7 +1353,7 @@ async def test_model_kinds_from_litellm_modes(make: HarnessFactory) -> None:
         ("embedding", None),
         ("audio", None),
         ("audio", None),
-        (None, 32768),
+        ("rerank", 32768),
     ]
 
 
