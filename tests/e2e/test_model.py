@@ -255,7 +255,7 @@ async def test_a_model_gone_from_the_backend_is_reported_on_the_next_answer(
     reply = await ask(harness, CHAT, "Hello")
     assert reply == (
         "The model “gpt-4o” is not available on the AI backend (it may have been removed). "
-        "Send /model to choose another one."
+        "Send /model to choose another one.\nModels on offer: gpt-4o-mini"
     )
     assert "/model" in reply
     harness.tg.user_message(chat_id=CHAT, text="/model")
