@@ -169,7 +169,8 @@ class UsageRecord(Base):
     # Image requests: the size asked for (e.g. "1024x1024"), or the size received from backends
     # that take none; NULL for chat.
     size: Mapped[str | None] = mapped_column(String(32))
-    # The backend that answered (or last failed), by its name; NULL in rows from before 0005.
+    # The backend that answered (or whose failure the user was told of), by its name; NULL in
+    # rows from before 0005.
     backend: Mapped[str | None] = mapped_column(String(BACKEND_NAME_MAX_LENGTH))
 
 

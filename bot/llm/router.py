@@ -86,7 +86,8 @@ class BackendRouter:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._first_token_timeout
-        last: LLMError | None = None
+        # The failures of the newest round with any, in the order the backends were tried.
+        failures: list[LLMError] = []
         rounds = 0
         attempt = 0
         last_resort = False
@@ -101,10 +102,11 @@ class BackendRouter:
             elif not candidates:
                 # Other chats' failures cooled every backend down: wait for the first, in time.
                 if rounds >= self._retry.max_retries or loop.time() + wait >= deadline:
-                    raise last or self._none_usable()
+                    raise failures[0] if failures else self._none_usable()
                 rounds += 1
                 await self._sleep(wait)
                 continue
+            this_round: list[LLMError] = []
             for index, backend in enumerate(candidates):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -141,36 +143,59 @@ class BackendRouter:
                                 )
                     return
                 except LLMError as exc:
-                    exc.backend = backend.spec.name
-                    exc.model = asked
-                    if streamed:
-                        # The user saw this backend's text: it is never replaced by another's.
-                        self._log(backend, asked, attempt, type(exc).__name__, started)
-                        backend.health.failed(exc, Action.NEXT)
-                        raise
-                    action = decide(exc, backend.spec, primary=backend is self.primary)
-                    outcome = f"{type(exc).__name__}:{action.value}"
-                    self._log(backend, asked, attempt, outcome, started)
-                    if backend.health.failed(exc, action):
-                        self._tell_owner(backend.spec, backend.health.out_reason or str(exc))
-                    if action is Action.STOP:
-                        raise
-                    last = exc
-            if loop.time() >= deadline:
-                raise last or LLMTimeoutError("first_token", self._first_token_timeout)
+                    self._failed(backend, exc, asked, attempt, started, streamed=streamed)
+                    this_round.append(exc)
+            failures = this_round or failures
             rounds += 1
-            # Another round only after failures that may heal (not a timeout past the first
-            # token's share, not a URL that can never work).
-            if last is None or not chat_retryable(last):
-                raise last or self._none_usable()
-            delay = self._retry.delay(last, rounds - 1, deadline)
-            if delay is None:
-                raise last
-            # A backend that was told to cool down is tried again once it has.
-            wait = max(delay, self._usable_in())
-            if loop.time() + wait >= deadline:
-                raise last
-            await self._sleep(wait)
+            await self._sleep(self._before_next_round(failures, rounds, deadline))
+
+    def _failed(
+        self,
+        backend: Backend,
+        exc: LLMError,
+        asked: str,
+        attempt: int,
+        started: float,
+        *,
+        streamed: bool,
+    ) -> None:
+        """Record and log a failed attempt; raise it when no other attempt may follow."""
+        exc.backend = backend.spec.name
+        exc.model = asked
+        if streamed:
+            # The user saw this backend's text: it is never replaced by another's.
+            self._log(backend, asked, attempt, type(exc).__name__, started)
+            backend.health.failed(exc, Action.NEXT)
+            raise exc
+        action = decide(exc, backend.spec, primary=backend is self.primary)
+        self._log(backend, asked, attempt, f"{type(exc).__name__}:{action.value}", started)
+        if backend.health.failed(exc, action):
+            self._tell_owner(backend.spec, backend.health.out_reason or str(exc))
+        if action is Action.STOP:
+            raise exc
+
+    def _before_next_round(self, failures: list[LLMError], rounds: int, deadline: float) -> float:
+        """Seconds to wait before trying the backends again; raises when that cannot help.
+
+        The user is told the first failure of the round (the primary's, when it was tried):
+        a fallback's own trouble (its key, its configured model) says nothing about the
+        chat's request. Another round follows only if some failure may heal (not a timeout
+        past the first token's share, not a URL that can never work) and time is left.
+        """
+        if not failures:
+            raise LLMTimeoutError("first_token", self._first_token_timeout)
+        shown = failures[0]
+        healing = [exc for exc in failures if chat_retryable(exc)]
+        if not healing:
+            raise shown
+        delay = self._retry.delay(healing[0], rounds - 1, deadline)
+        if delay is None:
+            raise shown
+        # A backend that was told to cool down is tried again once it has.
+        wait = max(delay, self._usable_in())
+        if asyncio.get_running_loop().time() + wait >= deadline:
+            raise shown
+        return wait
 
     def _usable_in(self) -> float:
         """Seconds until some backend may be tried (0: now; infinite: all out of rotation)."""

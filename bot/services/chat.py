@@ -97,7 +97,7 @@ class ReplyOutcome:
     usage: Usage | None = None
     finish_reason: str | None = None
     latency_ms: int = 0
-    backend: str | None = None  # the backend that answered, or the last one that failed
+    backend: str | None = None  # the backend that answered, or whose failure was shown
 
 
 @dataclass(slots=True)

@@ -148,7 +148,7 @@ async def test_two_hanging_backends_fail_within_one_deadline(
 
     assert isinstance(error, LLMTimeoutError)
     assert asyncio.get_running_loop().time() - started < 1.5 + 0.5
-    assert error.backend == "fallback"
+    assert error.backend == "primary"  # the user hears of the primary's failure
 
 
 async def test_a_rate_limited_backend_is_skipped_by_every_chat_until_it_cools_down(
@@ -278,3 +278,29 @@ async def test_a_lone_backend_that_refused_its_key_is_still_asked(
     assert isinstance(error, LLMAuthError)
     assert text == "Fixed."
     assert len(notices) == 1
+
+
+async def test_a_fallbacks_lasting_trouble_does_not_end_the_primarys_retries(
+    http: httpx.AsyncClient, primary: FakeLLM, fallback: FakeLLM
+) -> None:
+    primary.enqueue(Error.server_error(), Stream(["The primary, second time."]))
+    fallback.enqueue(Error.invalid_api_key("sk-fallback"))
+    r = both(http, primary, fallback, notices=[])
+
+    text, end = await answer(r)
+
+    assert text == "The primary, second time."
+    assert end.backend == "primary"
+
+
+async def test_the_user_hears_of_the_primarys_failure_not_a_fallbacks_own(
+    http: httpx.AsyncClient, primary: FakeLLM, fallback: FakeLLM
+) -> None:
+    primary.enqueue(Error.server_error())
+    fallback.enqueue(Error.model_not_found("other-model"))
+    r = both(http, primary, fallback, fallback_model="other-model", retries=0)
+
+    _, error = await failure(r)
+
+    assert isinstance(error, LLMServerError)
+    assert error.backend == "primary"
