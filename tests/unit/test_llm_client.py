@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.llm.backends import BackendHealth, BackendSpec
+from bot.llm.backends import Action, BackendHealth, BackendSpec, decide
 from bot.llm.client import LLMClient, LLMTimeouts
 from bot.llm.dialects import retry_after
 from bot.llm.errors import (
@@ -1371,3 +1371,38 @@ async def test_models_connection_refused(make: HarnessFactory) -> None:
         await h.client.list_models()
 
     assert len(h.sleeps) == 3
+
+
+# -- what each captured provider error means for the turn ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "on_primary", "on_fallback"),
+    [
+        ("litellm/error-500.json", Action.NEXT, Action.NEXT),
+        ("litellm/error-529-stream-first-chunk.json", Action.NEXT, Action.NEXT),
+        ("litellm/error-500-plaintext-auth-crash.txt", Action.NEXT, Action.NEXT),
+        ("mock-ai-api/error-503.json", Action.NEXT, Action.NEXT),
+        ("litellm/error-429.json", Action.COOL_DOWN, Action.COOL_DOWN),
+        ("litellm/error-429-rpm-limit.json", Action.COOL_DOWN, Action.COOL_DOWN),
+        ("dwmkerr-mock-llm/error-429.json", Action.COOL_DOWN, Action.COOL_DOWN),
+        ("litellm/error-401-empty-bearer.json", Action.REMOVE, Action.REMOVE),
+        ("mock-ai-api/error-401.json", Action.REMOVE, Action.REMOVE),
+        ("dwmkerr-mock-llm/error-401-bad-key.json", Action.REMOVE, Action.REMOVE),
+        # The chat's model: the user's to change on the primary; a fallback just lacks it.
+        ("litellm/error-400-unknown-model.json", Action.STOP, Action.NEXT),
+        ("dwmkerr-mock-llm/error-404-unknown-model.json", Action.STOP, Action.NEXT),
+        # LiteLLM without its database: shown to the user as the gateway's words, not a key.
+        ("litellm/error-400-bad-key-no-db.json", Action.STOP, Action.STOP),
+        ("mockllm/error-400-no-user-message.json", Action.STOP, Action.STOP),
+    ],
+)
+async def test_captured_errors_decide_the_next_attempt(
+    make: HarnessFactory, case: str, on_primary: Action, on_fallback: Action
+) -> None:
+    h = make(fixture(case))
+    _, error = await failed_answer(h.client)
+    spec = BackendSpec(name="b", base_url=BASE_URL)
+
+    assert decide(error, spec, primary=True) is on_primary
+    assert decide(error, spec, primary=False) is on_fallback
