@@ -153,34 +153,39 @@ def build_services(
         idle=settings.llm_idle_timeout,
         total=settings.llm_total_timeout,
     )
-    backends = BackendRouter(
-        [
-            Backend(
-                spec=spec,
-                client=LLMClient(
-                    http=http,
-                    base_url=spec.base_url,
-                    api_key=spec.api_key,
-                    timeouts=timeouts,
-                    retry=retry,
-                ),
-                health=BackendHealth(spec),
-            )
-            for spec in settings.backends()
-        ],
-        first_token_timeout=settings.llm_first_token_timeout,
-        retry=retry,
-    )
-    # The model list and images come from the primary backend.
-    llm = backends.primary.client
+    routed = [
+        Backend(
+            spec=spec,
+            client=LLMClient(
+                http=http,
+                base_url=spec.base_url,
+                api_key=spec.api_key,
+                timeouts=timeouts,
+                retry=retry,
+            ),
+            health=BackendHealth(spec),
+        )
+        for spec in settings.backends()
+    ]
+    primary, fallbacks = routed[0], routed[1:]
     directory = Directory()
+    # The model list is every backend's that is asked for the chat's model; images come from
+    # the primary.
     models = ModelService(
         sessions=sessions,
         directory=directory,
-        llm=llm,
+        llm=primary.client,
+        fallbacks=[(b.spec.name, b.client) for b in fallbacks if b.spec.model is None],
+        primary_name=primary.spec.name,
         default_model=settings.llm_model,
         allowed=settings.llm_models,
         cache_seconds=settings.models_cache_seconds,
+    )
+    backends = BackendRouter(
+        routed,
+        first_token_timeout=settings.llm_first_token_timeout,
+        retry=retry,
+        listed_by=models.listed_by,
     )
     policy = _usage_policy(settings)
     settled = SettledUsage()

@@ -52,8 +52,14 @@ class BackendRouter:
         retry: RetryPolicy = _RETRY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         notify_owner: OwnerNotice | None = None,
+        listed_by: Callable[[str], frozenset[str] | None] | None = None,
     ) -> None:
-        """`backends`: the primary first, then the fallbacks in order."""
+        """`backends`: the primary first, then the fallbacks in order.
+
+        `listed_by(model)`: the names of the backends whose model lists offer `model` (None
+        when unknown); a backend asked for the chat's model is skipped when its list lacks it.
+        """
+        self._listed_by = listed_by
         if not backends:
             raise ValueError("at least one backend is needed")
         self.backends = tuple(backends)
@@ -91,14 +97,15 @@ class BackendRouter:
         rounds = 0
         attempt = 0
         last_resort = False
+        offering = self._offering(model)
         while True:
-            candidates = [b for b in self.backends if b.health.usable()]
-            wait = self._usable_in() if not candidates else 0.0
+            candidates = [b for b in offering if b.health.usable()]
+            wait = self._usable_in(offering) if not candidates else 0.0
             if not candidates and math.isinf(wait) and not last_resort:
                 # Every backend refused its key: ask them anyway rather than refuse every
                 # chat until the retry time (the key may be fixed on the backend's side); a
                 # refusal again is what the user is told.
-                candidates, last_resort = list(self.backends), True
+                candidates, last_resort = list(offering), True
             elif not candidates:
                 # Other chats' failures cooled every backend down: wait for the first, in time.
                 if rounds >= self._retry.max_retries or loop.time() + wait >= deadline:
@@ -147,7 +154,18 @@ class BackendRouter:
                     this_round.append(exc)
             failures = this_round or failures
             rounds += 1
-            await self._sleep(self._before_next_round(failures, rounds, deadline))
+            await self._sleep(self._before_next_round(failures, rounds, deadline, offering))
+
+    def _offering(self, model: str) -> tuple[Backend, ...]:
+        """The backends that may have `model`: all but those whose list lacks it (for a backend
+        with a model of its own, its list does not matter); all if none would be left."""
+        listed = self._listed_by(model) if self._listed_by is not None else None
+        if listed is None:
+            return self.backends
+        offering = tuple(
+            b for b in self.backends if b.spec.model is not None or b.spec.name in listed
+        )
+        return offering or self.backends
 
     def _failed(
         self,
@@ -174,7 +192,13 @@ class BackendRouter:
         if action is Action.STOP:
             raise exc
 
-    def _before_next_round(self, failures: list[LLMError], rounds: int, deadline: float) -> float:
+    def _before_next_round(
+        self,
+        failures: list[LLMError],
+        rounds: int,
+        deadline: float,
+        offering: Sequence[Backend],
+    ) -> float:
         """Seconds to wait before trying the backends again; raises when that cannot help.
 
         The user is told the first failure of the round (the primary's, when it was tried):
@@ -192,16 +216,16 @@ class BackendRouter:
         if delay is None:
             raise shown
         # A backend that was told to cool down is tried again once it has.
-        wait = max(delay, self._usable_in())
+        wait = max(delay, self._usable_in(offering))
         if asyncio.get_running_loop().time() + wait >= deadline:
             raise shown
         return wait
 
-    def _usable_in(self) -> float:
-        """Seconds until some backend may be tried (0: now; infinite: all out of rotation)."""
+    def _usable_in(self, backends: Sequence[Backend]) -> float:
+        """Seconds until one of `backends` may be tried (0: now; infinite: all out)."""
         waits = [
             0.0 if b.health.usable() else b.health.cooling_left()
-            for b in self.backends
+            for b in backends
             if b.health.state() != "out"
         ]
         return min(waits, default=math.inf)

@@ -57,3 +57,4 @@ class ModelInfo:
     context_tokens: int | None = None
     available: bool = True
     kind: str | None = None  # "chat", "image", "embedding", "audio" when the backend says
+    backend: str | None = None  # set where only a fallback backend lists it (its name)

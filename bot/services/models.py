@@ -66,8 +66,10 @@ def is_chat_model(model: ModelInfo) -> bool:
 
 
 def label(model: ModelInfo) -> str:
-    """The name people should see: the backend's friendly name, else the id."""
-    return model.name.strip() if model.name and model.name.strip() else model.id
+    """The name people should see: the backend's friendly name, else the id; a model only a
+    fallback backend offers carries that backend's name."""
+    name = model.name.strip() if model.name and model.name.strip() else model.id
+    return f"{name} · {model.backend}" if model.backend else name
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +229,14 @@ class ModelService:
         cache_seconds: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
         directory: Directory | None = None,
+        fallbacks: Sequence[tuple[str, LLMClient]] = (),
+        primary_name: str = "",
     ) -> None:
+        """`fallbacks`: (name, client) of the fallback backends asked for the chat's model,
+        whose models are offered too; `primary_name` names the primary in `listed_by`."""
+        self._fallbacks = tuple(fallbacks)
+        self._primary_name = primary_name
+        self._listed_by: dict[str, frozenset[str]] = {}
         self._sessions = sessions
         self._directory = directory or Directory(capacity=0)
         self._llm = llm
@@ -283,11 +292,9 @@ class ModelService:
             servable = self._servable(wanted, now, listed_is_enough=listed_is_enough)
             if servable or now < self._retry_at:
                 return self._catalogue
-            try:
-                listed = await self._llm.list_models()
-            except LLMError as exc:
+            listed = await self._list_everywhere()
+            if listed is None:
                 self._retry_at = self._clock() + min(self._cache_seconds, FAILURE_BACKOFF_SECONDS)
-                logger.warning("could not load the backend's model list: %s", exc)
                 return self._catalogue
             self._catalogue = build_catalogue(
                 listed, allowed=self._allowed, default_model=self._default
@@ -302,6 +309,41 @@ class ModelService:
                 self._catalogue.version,
             )
             return self._catalogue
+
+    async def _list_everywhere(self) -> list[ModelInfo] | None:
+        """The primary's models, then those only a fallback lists (marked with its name).
+
+        None if no backend's list could be loaded. Which backends list which model is kept
+        for the router (`listed_by`).
+        """
+        sources = [("", self._llm), *self._fallbacks]
+        results = await asyncio.gather(
+            *(client.list_models() for _, client in sources), return_exceptions=True
+        )
+        merged: dict[str, ModelInfo] = {}
+        where: dict[str, set[str]] = {}
+        loaded = False
+        for (name, _), result in zip(sources, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, LLMError):
+                    raise result
+                logger.warning(
+                    "could not load the model list of %s: %s", name or "the backend", result
+                )
+                continue
+            loaded = True
+            for model in result:
+                where.setdefault(model.id, set()).add(name or self._primary_name)
+                if model.id not in merged:
+                    merged[model.id] = dataclasses.replace(model, backend=name or None)
+        if not loaded:
+            return None
+        self._listed_by = {model_id: frozenset(names) for model_id, names in where.items()}
+        return list(merged.values())
+
+    def listed_by(self, model_id: str) -> frozenset[str] | None:
+        """The names of the backends whose last list offers `model_id`; None if unknown."""
+        return self._listed_by.get(model_id) if self._listed_by else None
 
     def _servable(self, wanted: str, now: float, *, listed_is_enough: bool = True) -> bool:
         """True if the cached list is fresh and offers `wanted` or is too new to load again.

@@ -17,6 +17,7 @@ from bot.services.models import (
     Suggested,
     Switched,
     Unknown,
+    label,
 )
 from tests.fakes.openai import AKASHCHAT_MODELS, FakeLLM
 
@@ -238,3 +239,44 @@ async def test_reloads_for_missing_ids_wait_out_a_failed_list(setup: Setup) -> N
     result = await choose(service, "o3")
     assert isinstance(result, Switched) and result.model.id == "o3"
     assert setup.llm.models_requests == 3
+
+
+async def test_models_only_a_fallback_offers_are_listed_under_its_name(setup: Setup) -> None:
+    async with (
+        FakeLLM(api_key=None, models=["gpt-4o-mini", "llama-3.3-70b"]) as other,
+        httpx.AsyncClient() as http,
+    ):
+        fallback = LLMClient(http=http, base_url=other.base_url, api_key=None)
+        service = setup.service(fallbacks=[("ollama", fallback)], primary_name="main")
+
+        catalogue = await service.catalogue()
+
+        assert catalogue is not None
+        shown = {m.id: label(m) for m in catalogue.models}
+        # The primary's models as they are; the fallback's own marked with its name; a model
+        # both offer is listed once.
+        assert shown == {
+            "gpt-4o": "gpt-4o",
+            "gpt-4o-mini": "gpt-4o-mini",
+            "llama-3.3-70b": "llama-3.3-70b · ollama",
+        }
+        assert service.listed_by("gpt-4o-mini") == {"main", "ollama"}
+        assert service.listed_by("llama-3.3-70b") == {"ollama"}
+        result = await choose(service, "llama-3.3-70b")
+        assert isinstance(result, Switched) and result.model.id == "llama-3.3-70b"
+
+
+async def test_a_fallback_without_a_model_list_leaves_the_primarys(setup: Setup) -> None:
+    async with httpx.AsyncClient() as http:
+        gone = LLMClient(
+            http=http,
+            base_url="http://127.0.0.1:9/v1",
+            api_key=None,
+            retry=RetryPolicy(max_retries=0),
+        )
+        service = setup.service(fallbacks=[("gone", gone)])
+
+        catalogue = await service.catalogue()
+
+    assert catalogue is not None
+    assert [m.id for m in catalogue.models] == ["gpt-4o", "gpt-4o-mini"]

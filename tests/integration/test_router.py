@@ -304,3 +304,20 @@ async def test_the_user_hears_of_the_primarys_failure_not_a_fallbacks_own(
 
     assert isinstance(error, LLMServerError)
     assert error.backend == "primary"
+
+
+async def test_a_model_only_a_fallback_lists_goes_to_it_first(
+    http: httpx.AsyncClient, primary: FakeLLM, fallback: FakeLLM
+) -> None:
+    fallback.enqueue(Stream(["From the only backend that has it."]))
+    r = both(http, primary, fallback)
+    listed = {"gpt-4o-mini": frozenset({"fallback"})}
+    r = BackendRouter(
+        r.backends, first_token_timeout=5.0, listed_by=lambda model: listed.get(model)
+    )
+
+    text, end = await answer(r)
+
+    assert text == "From the only backend that has it."
+    assert end.backend == "fallback"
+    assert primary.chat_requests == []  # its list lacks the model: a 404 would end the turn

@@ -1373,7 +1373,7 @@ async def test_models_connection_refused(make: HarnessFactory) -> None:
     assert len(h.sleeps) == 3
 
 
-# -- what each captured provider error means for the turn ------------------------------------------
+# -- what each captured provider error means for the turn ---------------------------------------
 
 
 @pytest.mark.parametrize(
