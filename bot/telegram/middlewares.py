@@ -141,12 +141,27 @@ class LocaleMiddleware(BaseMiddleware):
         return await handler(event, data)
 
 
+# Commands that show or change settings answer at once, even while the chat waits for an
+# answer: they neither read nor write the conversation. (/reset and /image stay in order.)
+IMMEDIATE_COMMANDS = frozenset({"start", "help", "usage", "status", "model", "language"})
+
+
+def _answers_at_once(message: Message) -> bool:
+    text = message.text
+    if not text or not text.startswith("/"):
+        return False
+    command = text[1:].split(maxsplit=1)[0].split("@", 1)[0] if len(text) > 1 else ""
+    return command.lower() in IMMEDIATE_COMMANDS
+
+
 class ChatSequencer(BaseMiddleware):
     """Outer message middleware: one message at a time per chat, in arrival order.
 
     aiogram handles every update as its own task. asyncio.Lock wakes waiters in FIFO order, and
     updates reach this middleware in the order polling received them, so a chat's second message
-    is answered after the first while other chats proceed concurrently.
+    is answered after the first while other chats proceed concurrently. Commands in
+    IMMEDIATE_COMMANDS skip the queue: /usage or /model answer at once while the chat waits for
+    a slow backend.
     """
 
     def __init__(self) -> None:
@@ -154,8 +169,8 @@ class ChatSequencer(BaseMiddleware):
         self._users: dict[int, int] = {}
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        """Run the handler while holding the chat's lock."""
-        if not isinstance(event, Message):
+        """Run the handler while holding the chat's lock (commands that answer at once, not)."""
+        if not isinstance(event, Message) or _answers_at_once(event):
             return await handler(event, data)
         chat_id = event.chat.id
         lock = self._locks.setdefault(chat_id, asyncio.Lock())

@@ -299,6 +299,25 @@ async def test_hanging_backend_times_out_with_a_clear_message(harness: BotHarnes
     assert "too long" in texts[0]
 
 
+async def test_usage_and_model_answer_while_the_chat_waits_for_the_backend(
+    harness: BotHarness,
+) -> None:
+    await harness.start(llm_first_token_timeout=20.0, llm_max_retries=0)
+    harness.llm.enqueue(Hang())
+    harness.tg.user_message(chat_id=CHAT, text="a slow question")
+    await harness.llm.wait_for_requests(1)
+    harness.tg.user_message(chat_id=CHAT, text="/usage")
+    harness.tg.user_message(chat_id=CHAT, text="/model")
+    # Both answered while the question still waits for its first token (20 s away).
+    texts = await harness.wait_messages(CHAT, lambda t: len(t) == 2, within=5)
+    assert any(t.startswith("Your usage") for t in texts)
+    assert any("gpt-4o-mini" in t for t in texts)
+    # The conversation itself stays in order: a new message waits for the slow one.
+    harness.tg.user_message(chat_id=CHAT, text="next")
+    await asyncio.sleep(0.5)
+    assert len(harness.llm.chat_requests) == 1
+
+
 async def test_concurrent_chats_are_served_at_the_same_time(bot: BotHarness) -> None:
     bot.llm.set_default(lambda body: Stream([f"chunk{i} " for i in range(10)], delay=0.1))
     chats = [CHAT + i for i in range(8)]
