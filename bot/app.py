@@ -185,7 +185,7 @@ def build_services(
         routed,
         first_token_timeout=settings.llm_first_token_timeout,
         retry=retry,
-        listed_by=models.listed_by,
+        lacking=models.lacking,
     )
     policy = _usage_policy(settings)
     settled = SettledUsage()

@@ -52,14 +52,14 @@ class BackendRouter:
         retry: RetryPolicy = _RETRY,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         notify_owner: OwnerNotice | None = None,
-        listed_by: Callable[[str], frozenset[str] | None] | None = None,
+        lacking: Callable[[str], frozenset[str]] | None = None,
     ) -> None:
         """`backends`: the primary first, then the fallbacks in order.
 
-        `listed_by(model)`: the names of the backends whose model lists offer `model` (None
-        when unknown); a backend asked for the chat's model is skipped when its list lacks it.
+        `lacking(model)`: the names of the backends whose model lists lack `model`; such a
+        backend, asked for the chat's model, is skipped.
         """
-        self._listed_by = listed_by
+        self._lacking = lacking
         if not backends:
             raise ValueError("at least one backend is needed")
         self.backends = tuple(backends)
@@ -159,11 +159,11 @@ class BackendRouter:
     def _offering(self, model: str) -> tuple[Backend, ...]:
         """The backends that may have `model`: all but those whose list lacks it (for a backend
         with a model of its own, its list does not matter); all if none would be left."""
-        listed = self._listed_by(model) if self._listed_by is not None else None
-        if listed is None:
+        lacking = self._lacking(model) if self._lacking is not None else frozenset()
+        if not lacking:
             return self.backends
         offering = tuple(
-            b for b in self.backends if b.spec.model is not None or b.spec.name in listed
+            b for b in self.backends if b.spec.model is not None or b.spec.name not in lacking
         )
         return offering or self.backends
 

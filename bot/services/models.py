@@ -233,10 +233,12 @@ class ModelService:
         primary_name: str = "",
     ) -> None:
         """`fallbacks`: (name, client) of the fallback backends asked for the chat's model,
-        whose models are offered too; `primary_name` names the primary in `listed_by`."""
+        whose models are offered too; `primary_name` names the primary in `lacking`."""
         self._fallbacks = tuple(fallbacks)
         self._primary_name = primary_name
+        # Which backends' lists offer each model, and whose lists were loaded at all.
         self._listed_by: dict[str, frozenset[str]] = {}
+        self._listing: frozenset[str] = frozenset()
         self._sessions = sessions
         self._directory = directory or Directory(capacity=0)
         self._llm = llm
@@ -314,7 +316,7 @@ class ModelService:
         """The primary's models, then those only a fallback lists (marked with its name).
 
         None if no backend's list could be loaded. Which backends list which model is kept
-        for the router (`listed_by`).
+        for the router (`lacking`).
         """
         sources = [("", self._llm), *self._fallbacks]
         results = await asyncio.gather(
@@ -322,7 +324,7 @@ class ModelService:
         )
         merged: dict[str, ModelInfo] = {}
         where: dict[str, set[str]] = {}
-        loaded = False
+        listing: set[str] = set()
         for (name, _), result in zip(sources, results, strict=True):
             if isinstance(result, BaseException):
                 if not isinstance(result, LLMError):
@@ -331,19 +333,24 @@ class ModelService:
                     "could not load the model list of %s: %s", name or "the backend", result
                 )
                 continue
-            loaded = True
+            listing.add(name or self._primary_name)
             for model in result:
                 where.setdefault(model.id, set()).add(name or self._primary_name)
                 if model.id not in merged:
                     merged[model.id] = dataclasses.replace(model, backend=name or None)
-        if not loaded:
+        if not listing:
             return None
         self._listed_by = {model_id: frozenset(names) for model_id, names in where.items()}
+        self._listing = frozenset(listing)
         return list(merged.values())
 
-    def listed_by(self, model_id: str) -> frozenset[str] | None:
-        """The names of the backends whose last list offers `model_id`; None if unknown."""
-        return self._listed_by.get(model_id) if self._listed_by else None
+    def lacking(self, model_id: str) -> frozenset[str]:
+        """The names of the backends whose last model list was loaded and lacks `model_id`.
+
+        A backend without a model list (or whose list failed) lacks nothing: it may well have
+        the model.
+        """
+        return self._listing - self._listed_by.get(model_id, frozenset())
 
     def _servable(self, wanted: str, now: float, *, listed_is_enough: bool = True) -> bool:
         """True if the cached list is fresh and offers `wanted` or is too new to load again.

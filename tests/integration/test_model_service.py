@@ -260,8 +260,9 @@ async def test_models_only_a_fallback_offers_are_listed_under_its_name(setup: Se
             "gpt-4o-mini": "gpt-4o-mini",
             "llama-3.3-70b": "llama-3.3-70b · ollama",
         }
-        assert service.listed_by("gpt-4o-mini") == {"main", "ollama"}
-        assert service.listed_by("llama-3.3-70b") == {"ollama"}
+        assert service.lacking("gpt-4o-mini") == set()
+        assert service.lacking("llama-3.3-70b") == {"main"}
+        assert service.lacking("gpt-4o") == {"ollama"}
         result = await choose(service, "llama-3.3-70b")
         assert isinstance(result, Switched) and result.model.id == "llama-3.3-70b"
 
@@ -274,9 +275,11 @@ async def test_a_fallback_without_a_model_list_leaves_the_primarys(setup: Setup)
             api_key=None,
             retry=RetryPolicy(max_retries=0),
         )
-        service = setup.service(fallbacks=[("gone", gone)])
+        service = setup.service(fallbacks=[("gone", gone)], primary_name="main")
 
         catalogue = await service.catalogue()
 
     assert catalogue is not None
     assert [m.id for m in catalogue.models] == ["gpt-4o", "gpt-4o-mini"]
+    # Without a list of its own, the fallback is not taken to lack any model.
+    assert service.lacking("some-model") == {"main"}

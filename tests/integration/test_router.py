@@ -311,9 +311,11 @@ async def test_a_model_only_a_fallback_lists_goes_to_it_first(
 ) -> None:
     fallback.enqueue(Stream(["From the only backend that has it."]))
     r = both(http, primary, fallback)
-    listed = {"gpt-4o-mini": frozenset({"fallback"})}
+    lacking = {"gpt-4o-mini": frozenset({"primary"})}
     r = BackendRouter(
-        r.backends, first_token_timeout=5.0, listed_by=lambda model: listed.get(model)
+        r.backends,
+        first_token_timeout=5.0,
+        lacking=lambda model: lacking.get(model, frozenset()),
     )
 
     text, end = await answer(r)
