@@ -5,7 +5,7 @@ for the first time (or renamed), their rows. SQLite lets one writer in at a time
 aiosqlite every statement, BEGIN and COMMIT is a round trip to the driver's thread, so a
 thousand chats finishing together used to queue a thousand transactions of a dozen round trips
 each. Here one task writes whatever has queued up meanwhile in a single transaction of at most
-five statements (chats, users, turns, usage, each one executemany), and each caller learns
+four statements (chats, users, turns, usage, each one executemany), and each caller learns
 whether its own rows were committed.
 
 A batch that fails as a whole (one turn breaks a constraint, the disk is full) is written again
@@ -43,8 +43,7 @@ MAX_BATCH = 256
 class TurnWrite:
     """What one finished request stores: its chat and user first when they need writing."""
 
-    chat_id: int
-    turns: Sequence[NewTurn]
+    turns: Sequence[NewTurn]  # of the usage record's chat
     usage: NewUsage
     chat: ChatRecord | None = None  # inserted, or its type and title updated (model kept)
     user: UserRecord | None = None  # inserted, or what Telegram reports updated (language kept)
@@ -129,7 +128,9 @@ class TurnWriter:
             # Chats before turns: the turns' foreign key needs their chat's row.
             await ChatRepository(session).store(list(chats.values()))
             await UserRepository(session).store(list(users.values()))
-            await TurnRepository(session).add_to_chats([(e.chat_id, e.turns) for e in entries])
+            await TurnRepository(session).add_to_chats(
+                [(e.usage.chat_id, e.turns) for e in entries]
+            )
             await UsageRepository(session).add(*(e.usage for e in entries))
 
 

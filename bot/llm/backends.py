@@ -102,15 +102,11 @@ class BackendHealth:
     last_error: str | None = None
     last_error_at: float | None = None  # wall-clock time.time(), for display
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-    answers: int = 0
     owner_told: bool = False  # owners hear of a refused key once per process
 
     def usable(self) -> bool:
         """True if chats may try it now."""
-        now = self.clock()
-        if self.out_since is not None and now - self.out_since < OUT_OF_ROTATION_RETRY:
-            return False
-        return self.cooling_until is None or now >= self.cooling_until
+        return self.state() == "ok"
 
     def state(self) -> str:
         """ "ok", "cooling" or "out"."""
@@ -144,7 +140,6 @@ class BackendHealth:
     def started(self, first_token_seconds: float) -> None:
         """Record an answer that started streaming after `first_token_seconds`."""
         self.latencies.append(first_token_seconds)
-        self.answers += 1
         self.cooling_until = None
         self.out_reason = None
         self.out_since = None

@@ -563,7 +563,6 @@ class ChatService:
                 ),
             ]
         return TurnWrite(
-            chat_id=request.chat_id,
             turns=turns,
             usage=NewUsage(
                 user_id=request.user_id,

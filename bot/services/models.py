@@ -333,9 +333,10 @@ class ModelService:
                     "could not load the model list of %s: %s", name or "the backend", result
                 )
                 continue
-            listing.add(name or self._primary_name)
+            source = name or self._primary_name
+            listing.add(source)
             for model in result:
-                where.setdefault(model.id, set()).add(name or self._primary_name)
+                where.setdefault(model.id, set()).add(source)
                 if model.id not in merged:
                     merged[model.id] = dataclasses.replace(model, backend=name or None)
         if not listing:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from bot.i18n import use_locale
 from bot.llm.backends import BackendHealth, BackendSpec
 from bot.llm.client import LLMClient, LLMTimeouts
 from bot.llm.errors import (
     LLMAuthError,
     LLMBadRequestError,
     LLMError,
+    LLMNoBackendError,
     LLMNotFoundError,
     LLMServerError,
     LLMTimeoutError,
@@ -22,6 +25,7 @@ from bot.llm.errors import (
 from bot.llm.policy import RetryPolicy
 from bot.llm.router import Backend, BackendRouter
 from bot.llm.types import ChatMessage, StreamEnd, TextDelta
+from bot.services.chat import describe_error
 from tests.fakes.openai import Error, FakeLLM, Hang, Stream, StreamError
 
 MESSAGES = [ChatMessage("user", "Hello?")]
@@ -323,3 +327,42 @@ async def test_a_model_only_a_fallback_lists_goes_to_it_first(
     assert text == "From the only backend that has it."
     assert end.backend == "fallback"
     assert primary.chat_requests == []  # its list lacks the model: a 404 would end the turn
+
+
+async def test_every_attempt_is_logged_once_without_text_or_key(
+    http: httpx.AsyncClient,
+    primary: FakeLLM,
+    fallback: FakeLLM,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    primary.enqueue(Error.server_error())
+    fallback.enqueue(Stream(["ok"]))
+    r = both(http, primary, fallback, retries=0)
+
+    with caplog.at_level(logging.INFO, logger="bot.llm.router"):
+        await answer(r)
+
+    lines = [rec.getMessage() for rec in caplog.records if "backend attempt" in rec.getMessage()]
+    assert len(lines) == 2
+    assert lines[0].startswith("backend attempt 1: backend=primary model=gpt-4o-mini")
+    assert "outcome=LLMServerError:next" in lines[0]
+    assert lines[1].startswith("backend attempt 2: backend=fallback model=gpt-4o-mini")
+    assert "outcome=ok" in lines[1]
+    assert all("Hello?" not in line and "sk-" not in line for line in lines)
+
+
+async def test_with_every_backend_resting_the_user_is_told_when_to_come_back(
+    http: httpx.AsyncClient, primary: FakeLLM
+) -> None:
+    primary.enqueue(Error.rate_limited(retry_after=30))
+    r = router(http, ("primary", primary.base_url, "sk-primary"), first_token_timeout=2.0)
+    await failure(r)  # the 429 that sends the backend to rest
+
+    _, error = await failure(r)  # another chat, within the rest
+
+    assert isinstance(error, LLMNoBackendError)
+    assert error.retry_in is not None and 25 < error.retry_in <= 30
+    with use_locale("en"):
+        text = describe_error(error, model="gpt-4o-mini")
+    assert text.startswith("The AI backends are busy (too many requests). Please try again in ")
+    assert len(primary.chat_requests) == 1

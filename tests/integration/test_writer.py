@@ -17,7 +17,6 @@ from bot.db.writer import TurnWrite, TurnWriter
 
 def entry(chat_id: int, *, message_id: int | None = None, title: str | None = None) -> TurnWrite:
     return TurnWrite(
-        chat_id=chat_id,
         turns=[
             NewTurn(
                 role="user",
