@@ -5,7 +5,7 @@ pid are its own; FakeTelegram and FakeLLM (from `tests/fakes`) run in this proce
 and share its monotonic clock, so their timestamps compare directly. Figures:
 
 1. first-token delay: the backend writes its first content chunk -> Telegram receives the
-   sendMessage that shows it;
+   first call that shows it (a sendMessage, or a sendMessageDraft in draft mode);
 2. ingest delay: getUpdates hands the update out -> the backend receives the request, in chats
    holding a short and a long stored history (filled into SQLite before the bot starts);
 3. capacity: N private chats each streaming an answer at once, under emulated flood control;
@@ -61,7 +61,10 @@ TOKEN = "123456:BENCH-TOKEN"
 API_KEY = "sk-bench-key"
 MODEL = "bench-model"
 BOT_USERNAME = "bench_llm_bot"
-TEXT_METHODS = frozenset({"sendMessage", "editMessageText"})
+# Calls that show answer text: a message, its edits, and drafts (STREAM_MODE=draft).
+TEXT_METHODS = frozenset({"sendMessage", "editMessageText", "sendMessageDraft"})
+# STREAM_MODE of the bot measured (--stream-mode); revisions before drafts ignore it.
+STREAM_MODE = "auto"
 
 _SENTENCE = (
     "the answer streams in small pieces while the bot edits one message at a steady pace "
@@ -198,6 +201,7 @@ class BotProcess:
             LLM_MODEL=MODEL,
             DATABASE_URL=f"sqlite:///{db_path}",
             SHUTDOWN_GRACE="5",
+            STREAM_MODE=STREAM_MODE,
         )
         env.update(extra_env or {})
         log_path = workdir / "bot.log"
@@ -352,12 +356,17 @@ def chat_request(llm: FakeLLM, text: str, start: int = 0) -> Recorded | None:
     return None
 
 
+def shows_text(call: Call) -> bool:
+    """True for a call that shows answer text (not the empty "Thinking…" draft)."""
+    return call.method in TEXT_METHODS and bool(call.params.get("text"))
+
+
 def text_calls(tg: FakeTelegram, chat_id: int, since: float, start: int = 0) -> list[Call]:
-    """Successful message-producing calls to a chat since `since` (fake clock)."""
+    """Successful calls showing answer text in a chat since `since` (fake clock)."""
     return [
         c
         for c in tg.calls[start:]
-        if c.chat_id == chat_id and c.method in TEXT_METHODS and c.ok and c.at >= since
+        if c.chat_id == chat_id and shows_text(c) and c.ok and c.at >= since
     ]
 
 
@@ -521,7 +530,7 @@ def smoothness_of(
     if rec is None or rec.first_chunk_at is None or rec.finished_at is None:
         return SmoothResult(kind, seconds, len(expected), False, math.nan, 0, 0, 0, 0)
     calls = [c for c in tg.calls if c.chat_id == chat_id and c.method in TEXT_METHODS]
-    shown = sorted(c.at for c in calls if c.ok and c.at >= rec.received_at)
+    shown = sorted(c.at for c in calls if c.ok and shows_text(c) and c.at >= rec.received_at)
     flowing = [rec.first_chunk_at, *(t for t in shown if t <= rec.finished_at), rec.finished_at]
     gaps = [b - a for a, b in itertools.pairwise(flowing)]
     stamps = sorted(c.at for c in calls if c.status != 429)
@@ -535,7 +544,7 @@ def smoothness_of(
         characters=len(expected),
         complete=complete,
         largest_gap=max(gaps) if gaps else math.nan,
-        edits=sum(1 for c in calls if c.method == "editMessageText" and c.ok),
+        edits=sum(1 for c in calls if c.method != "sendMessage" and c.ok),
         calls=len(calls),
         busiest_minute=busiest,
         count_429=sum(1 for c in calls if c.status == 429),
@@ -666,7 +675,7 @@ async def capacity(
                 rejected[call.method] = rejected.get(call.method, 0) + 1
             if call.method in TEXT_METHODS:
                 text_count += 1
-                if call.ok:
+                if call.ok and shows_text(call):
                     first_at.setdefault(call.chat_id, call.at)
                     last_at[call.chat_id] = call.at
         complete = chats - len(pending)
@@ -740,6 +749,7 @@ def report(
 ) -> str:
     """The results as Markdown tables."""
     out = [
+        f"STREAM_MODE={STREAM_MODE}. "
         f"Machine: {info['cpu']}, {info['logical_cores']} logical cores "
         f"({info['physical_cores']} physical), Python {info['python']}, {info['system']}; "
         f"load average {' '.join(map(str, info['load_average_start']))} at the start, "
@@ -751,7 +761,7 @@ def report(
         out += [
             "| delay | answers | p50 ms | p95 ms | max ms | target |",
             "| --- | ---: | ---: | ---: | ---: | --- |",
-            f"| first token (backend chunk -> sendMessage) | {len(ft)} | "
+            f"| first token (backend chunk -> first text shown) | {len(ft)} | "
             f"{ms(percentile(ft, 50))} | {ms(percentile(ft, 95))} | "
             f"{ms(max(ft, default=math.nan))} | p50 ≤ 30, p95 ≤ 80 |",
         ]
@@ -821,7 +831,7 @@ def report(
         ]
     if smooth:
         out += [
-            "| chat | answer s | characters | complete | largest gap s | edits | calls "
+            "| chat | answer s | characters | complete | largest gap s | edits or drafts | calls "
             "| busiest 60 s | 429s |",
             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
@@ -865,6 +875,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="scenarios to run, comma-separated",
     )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument(
+        "--stream-mode",
+        choices=("auto", "draft", "edit"),
+        default="auto",
+        help="the bot's STREAM_MODE: drafts in private chats (auto, draft) or edits (edit)",
+    )
     parser.add_argument(
         "--bot-root",
         type=Path,
@@ -949,4 +965,5 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     arguments = parse_args()
     BOT_ROOT = arguments.bot_root.resolve()
+    STREAM_MODE = arguments.stream_mode
     asyncio.run(main(arguments))

@@ -45,6 +45,7 @@ from bot.telegram.handlers import (
     language,
     model,
     status,
+    stop,
     upgrades,
     usage,
 )
@@ -62,7 +63,7 @@ from bot.telegram.session import BotSession
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_UPDATES = ["message", "callback_query"]
+ALLOWED_UPDATES = ["message", "callback_query", "stopped_message_generation"]
 
 
 @dataclass
@@ -284,7 +285,13 @@ def build_dispatcher(
         group_interval=settings.edit_interval_group,
         global_rate=settings.telegram_rate_limit,
     )
-    replies = Replies(bot=bot, gate=gate, migration=services.chat_migration)
+    replies = Replies(
+        bot=bot,
+        gate=gate,
+        migration=services.chat_migration,
+        stream_mode=settings.stream_mode,
+        draft_interval=settings.draft_interval,
+    )
     dispatcher = Dispatcher(
         disable_fsm=True,  # no conversation states: skip the FSM lookups on every update
         replies=replies,
@@ -326,6 +333,7 @@ def build_dispatcher(
         language.build_router(),
         image.build_router(),
         upgrades.build_router(),
+        stop.build_router(),
         chat.build_router(),
         # Answers every button press no other router took, so no client spinner is left.
         callbacks.build_router(),

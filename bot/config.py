@@ -45,6 +45,10 @@ class TelegramSettings(BaseModel):
     default_language: str = ""
     edit_interval_private: float = Field(default=1.0, gt=0)
     edit_interval_group: float = Field(default=3.0, gt=0)
+    # auto: answers grow in a draft in private chats and in an edited message in groups (draft
+    # does the same: drafts are private-only); edit: always in an edited message.
+    stream_mode: Literal["auto", "draft", "edit"] = "auto"
+    draft_interval: float = Field(default=0.5, gt=0)
     telegram_rate_limit: float = Field(default=30.0, gt=0)
     # Seconds answers in flight may take after SIGTERM: within docker stop's 10 s.
     shutdown_grace: float = Field(default=8.0, ge=0)
@@ -88,6 +92,11 @@ class TelegramSettings(BaseModel):
         if value and value not in LOCALES:
             raise ValueError(f"must be empty or one of {', '.join(LOCALES)}")
         return value
+
+    @field_validator("stream_mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("log_level")
     @classmethod

@@ -173,9 +173,14 @@ _TURN_COLUMNS = (
 )
 
 
-def _recent_turns(*, budgeted: bool) -> Select[Any]:
-    """The newest `limit` turns of a chat, newest first; with a budget, only those that fit it."""
+def _recent_turns(*, budgeted: bool, bounded: bool = False) -> Select[Any]:
+    """The newest `limit` turns of a chat, newest first; with a budget, only those that fit it.
+
+    `bounded`: only turns older than the one whose id is bound as `before`.
+    """
     chat_id = TURNS.c.chat_id == bindparam("chat_id")
+    if bounded:
+        chat_id = chat_id & (TURNS.c.id < bindparam("before", type_=Integer))
     where = chat_id
     if budgeted:
         # Running total, newest first, over the ids and token counts of the newest `limit`
@@ -209,6 +214,7 @@ def _recent_turns(*, budgeted: bool) -> Select[Any]:
 
 _RECENT = _recent_turns(budgeted=False)
 _RECENT_WITHIN_BUDGET = _recent_turns(budgeted=True)
+_RECENT_BEFORE_WITHIN_BUDGET = _recent_turns(budgeted=True, bounded=True)
 
 
 def _upsert_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.Insert:
@@ -484,12 +490,19 @@ class TurnRepository:
             await self._session.execute(_ADD_TURNS, rows)
 
     async def recent(
-        self, *, chat_id: int, limit: int, token_budget: int | None = None, overhead: int = 0
+        self,
+        *,
+        chat_id: int,
+        limit: int,
+        token_budget: int | None = None,
+        overhead: int = 0,
+        before: int | None = None,
     ) -> list[TurnRecord]:
         """Return the chat's newest `limit` turns, oldest first.
 
         With `token_budget`, only the newest of them whose `tokens + overhead` add up to at most
         the budget: older turns cannot fit a prompt that size, so their text is not even read.
+        With `before` (only with a budget), only turns older than the turn with that id.
         """
         if limit <= 0 or (token_budget is not None and token_budget <= 0):
             return []
@@ -498,6 +511,11 @@ class TurnRepository:
         if token_budget is not None:
             params |= {"budget": token_budget, "overhead": overhead}
             stmt = _RECENT_WITHIN_BUDGET
+            if before is not None:
+                params["before"] = before
+                stmt = _RECENT_BEFORE_WITHIN_BUDGET
+        elif before is not None:
+            raise ValueError("`before` needs a token budget")
         rows = (await self._session.execute(stmt, params)).all()
         return [
             TurnRecord(
@@ -511,6 +529,16 @@ class TurnRepository:
             )
             for row in reversed(rows)
         ]
+
+    async def remove(self, *, turn_ids: Sequence[int]) -> None:
+        """Delete these turns (an answer replaced by a new one)."""
+        if turn_ids:
+            stmt = (
+                delete(Turn)
+                .where(Turn.id.in_(turn_ids))
+                .execution_options(synchronize_session=False)
+            )
+            await self._session.execute(stmt)
 
     async def clear(self, *, chat_id: int) -> int:
         """Delete the chat's history and return how many turns were deleted."""

@@ -47,6 +47,7 @@ class TurnWrite:
     usage: NewUsage
     chat: ChatRecord | None = None  # inserted, or its type and title updated (model kept)
     user: UserRecord | None = None  # inserted, or what Telegram reports updated (language kept)
+    replaces: Sequence[int] = ()  # ids of turns the new ones replace (a regenerated answer)
 
 
 class TurnWriter:
@@ -128,9 +129,9 @@ class TurnWriter:
             # Chats before turns: the turns' foreign key needs their chat's row.
             await ChatRepository(session).store(list(chats.values()))
             await UserRepository(session).store(list(users.values()))
-            await TurnRepository(session).add_to_chats(
-                [(e.usage.chat_id, e.turns) for e in entries]
-            )
+            turns = TurnRepository(session)
+            await turns.remove(turn_ids=[turn_id for e in entries for turn_id in e.replaces])
+            await turns.add_to_chats([(e.usage.chat_id, e.turns) for e in entries])
             await UsageRepository(session).add(*(e.usage for e in entries))
 
 

@@ -91,7 +91,7 @@ class ChatConfig:
 class ReplyOutcome:
     """What happened to one request."""
 
-    status: str  # "ok", "error", "interrupted", "rejected", "duplicate"
+    status: str  # "ok", "error", "interrupted", "stopped", "rejected", "duplicate"
     model: str
     answer: str = ""
     usage: Usage | None = None
@@ -112,6 +112,13 @@ class _Streamed:
     failure: BaseException | None = None
 
 
+class AnswerStopped(Exception):
+    """The user stopped the answer (the draft's stop button, or the Stop button)."""
+
+    def __str__(self) -> str:
+        return "stopped by the user"
+
+
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     """The chat's model and history, and the chat and user rows its turn will write."""
@@ -120,6 +127,9 @@ class _Loaded:
     history: list[TurnRecord]
     chat: ChatRecord | None  # to store with the turn: new, or changed since stored
     user: UserRecord | None
+    # /retry: the question asked again and the answer the new one replaces.
+    question: TurnRecord | None = None
+    replaced: TurnRecord | None = None
 
 
 class ChatService:
@@ -174,8 +184,25 @@ class ChatService:
                 "chat %s: message %s already answered", request.chat_id, request.message_id
             )
             return ReplyOutcome(status="duplicate", model=self._config.default_model)
+        return await self._answer(request, loaded, sink)
+
+    async def retry(self, *, request: ChatRequest, sink: ReplySink) -> ReplyOutcome:
+        """Answer the chat's last question again (`request` is the /retry message).
+
+        The new answer replaces the last one in history once it is stored; a failed attempt
+        leaves the old one. The person retrying is the one whose usage and budget count.
+        """
+        loaded = await self._load(request, retry=True)
+        if loaded is None or loaded.question is None:
+            await sink.fail(_("There is no answer to regenerate yet. Ask me something first."))
+            return ReplyOutcome(status="rejected", model=self._config.default_model)
+        return await self._answer(request, loaded, sink)
+
+    async def _answer(
+        self, request: ChatRequest, loaded: _Loaded, sink: ReplySink
+    ) -> ReplyOutcome:
         model = loaded.model
-        prompt = await self._prompt_or_refuse(request, model, loaded.history, sink)
+        prompt = await self._prompt_or_refuse(request, loaded, sink)
         if prompt is None:
             return ReplyOutcome(status="rejected", model=model)
         await sink.start()
@@ -185,7 +212,7 @@ class ChatService:
             shorter = self._build_prompt(
                 model=model,
                 history=loaded.history,
-                user_content=self._user_content(request),
+                user_content=self._user_content(request, loaded),
                 is_group=request.is_group,
                 budget=self._budget(model) // 2,
             )
@@ -209,7 +236,7 @@ class ChatService:
     # ---- steps -------------------------------------------------------------------------------
 
     async def _prompt_or_refuse(
-        self, request: ChatRequest, model: str, history: Sequence[TurnRecord], sink: ReplySink
+        self, request: ChatRequest, loaded: _Loaded, sink: ReplySink
     ) -> list[ChatMessage] | None:
         """The prompt to send, or None once the user was told why nothing is sent."""
         if self._budgets is not None:
@@ -219,19 +246,44 @@ class ChatService:
                 await sink.fail(block.message)
                 return None
         prompt = self._build_prompt(
-            model=model,
-            history=history,
-            user_content=self._user_content(request),
+            model=loaded.model,
+            history=loaded.history,
+            user_content=self._user_content(request, loaded),
             is_group=request.is_group,
         )
         if isinstance(prompt, int):
-            await sink.fail(_too_long(tokens=prompt, limit=self._budget(model)))
+            await sink.fail(_too_long(tokens=prompt, limit=self._budget(loaded.model)))
             return None
         return prompt
 
     async def _stream(self, model: str, prompt: list[ChatMessage], sink: ReplySink) -> _Streamed:
-        """Stream the backend's answer into `sink`; failures are kept, not raised."""
+        """Stream the backend's answer into `sink` until it ends or the user stops it.
+
+        Failures are kept, not raised. A Stop cancels the reading, which closes the backend's
+        connection, so the provider stops generating (and charging for) the answer.
+        """
         streamed = _Streamed(started=self._clock())
+        reading = asyncio.ensure_future(self._read(model, prompt, sink, streamed))
+        stop = asyncio.ensure_future(sink.stop_requested.wait())
+        try:
+            await asyncio.wait((reading, stop), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError as exc:
+            # Shutdown: keep what was shown, tell the user, record it, then stop.
+            streamed.failure = exc
+        finally:
+            stop.cancel()
+        if not reading.done():
+            reading.cancel()
+            await asyncio.wait((reading,))
+            if streamed.failure is None:
+                streamed.failure = AnswerStopped()
+        streamed.ended = self._clock()
+        return streamed
+
+    async def _read(
+        self, model: str, prompt: list[ChatMessage], sink: ReplySink, streamed: _Streamed
+    ) -> None:
+        """Read the backend's answer into `streamed` and `sink`; a backend failure is kept."""
         try:
             async for event in self._llm.stream_chat(
                 model=model,
@@ -248,11 +300,6 @@ class ChatService:
                     streamed.end = event
         except LLMError as exc:
             streamed.failure = exc
-        except asyncio.CancelledError as exc:
-            # Shutdown: keep what was shown, tell the user, record it, then stop.
-            streamed.failure = exc
-        streamed.ended = self._clock()
-        return streamed
 
     def _outcome(
         self, model: str, prompt: Sequence[ChatMessage], streamed: _Streamed
@@ -260,6 +307,8 @@ class ChatService:
         answer = "".join(streamed.parts)
         if streamed.failure is None:
             status = "ok"
+        elif isinstance(streamed.failure, AnswerStopped):
+            status = "stopped"
         elif answer.strip():
             status = "interrupted"
         else:
@@ -340,6 +389,9 @@ class ChatService:
     ) -> None:
         """Deliver the final text, with a note when it was cut, interrupted or not kept."""
         if outcome.status == "error" or not outcome.answer.strip():
+            if outcome.status == "stopped":
+                await sink.fail(_("⏹ Stopped before the answer began."))
+                return
             if outcome.status == "ok":
                 message = _(
                     "The model returned an empty answer. Please try rephrasing your message."
@@ -355,7 +407,9 @@ class ChatService:
             notes.append(_truncated())
         if not saved:
             notes.append(_not_saved())
-        await sink.finish(note="\n".join(notes) or None)
+        # TRANSLATORS: closes an answer the user stopped, in italics.
+        mark = _("⏹ stopped") if outcome.status == "stopped" else None
+        await sink.finish(note="\n".join(notes) or None, mark=mark)
 
     async def _describe(self, failure: BaseException | None, *, model: str) -> str:
         """What went wrong, for the user; a missing model comes with the ones on offer."""
@@ -369,8 +423,11 @@ class ChatService:
                 message += "\n" + _("Models on offer: {models}").format(models=shown)
         return message
 
-    async def _load(self, request: ChatRequest) -> _Loaded | None:
+    async def _load(self, request: ChatRequest, *, retry: bool = False) -> _Loaded | None:
         """The chat's model and the history that fits, or None if the message was answered.
+
+        `retry`: the history before the chat's last question, with that question and its
+        answer; None when the chat has none.
 
         Only reads, on a read-only connection side by side with other chats' reads. A chat or
         user that is new, or that Telegram now reports differently, is written later, with the
@@ -391,13 +448,23 @@ class ChatService:
             # Read (once) for the user's language before the handler ran, so usually cached.
             stored_user = await directory.stored_user(self._read_sessions, user_id=request.user_id)
             user_write = _reported_user(request, stored_user)
+        question = replaced = None
         async with self._read_sessions() as session, session.begin():
             stored = chat
             if stored is None:
                 stored = await ChatRepository(session).get(chat_id=request.chat_id)
             model = (stored.model if stored else None) or self._config.default_model
             # A chat never stored has no history to read.
-            history = await self._history(session, request, model) if stored else []
+            if not stored:
+                history: list[TurnRecord] | None = None if retry else []
+            elif retry:
+                last = await TurnRepository(session).recent(chat_id=request.chat_id, limit=2)
+                history = None
+                if [turn.role for turn in last] == ["user", "assistant"]:
+                    question, replaced = last
+                    history = await self._history(session, request, model, before=question.id)
+            else:
+                history = await self._history(session, request, model)
         if history is None:
             return None
         chat_write = None
@@ -412,14 +479,27 @@ class ChatService:
                 directory.remember(reported)
             else:
                 chat_write = reported
-        return _Loaded(model=model, history=history, chat=chat_write, user=user_write)
+        return _Loaded(
+            model=model,
+            history=history,
+            chat=chat_write,
+            user=user_write,
+            question=question,
+            replaced=replaced,
+        )
 
     async def _history(
-        self, session: AsyncSession, request: ChatRequest, model: str
+        self, session: AsyncSession, request: ChatRequest, model: str, *, before: int | None = None
     ) -> list[TurnRecord] | None:
+        """The turns that can fit the prompt (older than `before`, if given); None if the
+        message was answered already."""
         turns = TurnRepository(session)
-        duplicate = request.message_id is not None and await turns.has_message(
-            chat_id=request.chat_id, telegram_message_id=request.message_id
+        duplicate = (
+            before is None
+            and request.message_id is not None
+            and await turns.has_message(
+                chat_id=request.chat_id, telegram_message_id=request.message_id
+            )
         )
         if duplicate:
             return None
@@ -430,6 +510,7 @@ class ChatService:
             limit=self._config.history_max_turns,
             token_budget=self._budget(model),
             overhead=PER_MESSAGE_OVERHEAD,
+            before=before,
         )
 
     def _remember(self, loaded: _Loaded) -> None:
@@ -467,7 +548,9 @@ class ChatService:
     def _system_prompt(self, is_group: bool) -> str:
         return self._config.system_prompt + (GROUP_PROMPT if is_group else "")
 
-    def _user_content(self, request: ChatRequest) -> str:
+    def _user_content(self, request: ChatRequest, loaded: _Loaded) -> str:
+        if loaded.question is not None:
+            return self._turn_content(loaded.question)
         if request.is_group:
             return f"{request.user_full_name}: {request.text}"
         return request.text
@@ -527,6 +610,7 @@ class ChatService:
             return reported
         if status == "error":
             return Usage(prompt_tokens=0, completion_tokens=0, estimated=True)
+        # Answered, or cut short: the backend read the prompt and wrote the text received.
         return Usage(
             prompt_tokens=self._tokens.count_prompt(prompt),
             completion_tokens=self._tokens.count(answer),
@@ -545,8 +629,8 @@ class ChatService:
         assert usage is not None
         answer = outcome.answer if outcome.answer.strip() else ""
         turns = []
-        if answer:
-            turns = [
+        if answer and loaded.question is None:
+            turns.append(
                 NewTurn(
                     role="user",
                     content=request.text,
@@ -554,16 +638,22 @@ class ChatService:
                     author_id=request.user_id,
                     author_name=request.user_full_name if request.is_group else None,
                     telegram_message_id=request.message_id,
-                ),
+                )
+            )
+        if answer:
+            # After a /retry, the question stays and the new answer takes the old one's place.
+            turns.append(
                 NewTurn(
                     role="assistant",
                     content=answer,
                     tokens=self._tokens.count(answer),
-                    interrupted=outcome.status == "interrupted",
-                ),
-            ]
+                    interrupted=outcome.status in ("interrupted", "stopped"),
+                )
+            )
+        replaced = loaded.replaced
         return TurnWrite(
             turns=turns,
+            replaces=(replaced.id,) if answer and replaced is not None else (),
             usage=NewUsage(
                 user_id=request.user_id,
                 chat_id=request.chat_id,
@@ -572,7 +662,8 @@ class ChatService:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 estimated=usage.estimated,
-                status=outcome.status,
+                # A stopped answer is recorded as interrupted, with the reason as its error.
+                status="interrupted" if outcome.status == "stopped" else outcome.status,
                 latency_ms=outcome.latency_ms,
                 finish_reason=outcome.finish_reason,
                 error=_short_error(failure),

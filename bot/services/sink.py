@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 
@@ -14,10 +15,11 @@ class ReplySink(Protocol):
     def push(self, text: str) -> None:
         """Append a piece of the answer; never blocks, delivery happens in the background."""
 
-    async def finish(self, *, note: str | None = None) -> bool:
+    async def finish(self, *, note: str | None = None, mark: str | None = None) -> bool:
         """Deliver the complete text; `note` tells the user something went wrong after it.
 
-        Returns True when the complete text reached the user.
+        `mark` is a short word closing the text itself (e.g. "stopped"). Returns True when the
+        complete text reached the user.
         """
 
     async def fail(self, message: str) -> None:
@@ -26,3 +28,7 @@ class ReplySink(Protocol):
     @property
     def shown(self) -> bool:
         """True once any part of the answer is visible to the user."""
+
+    @property
+    def stop_requested(self) -> asyncio.Event:
+        """Set when the user asks to stop the answer (valid from `start` on)."""

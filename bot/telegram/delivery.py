@@ -14,6 +14,8 @@ intermediate (a newer text will follow anyway):
 a photo Telegram will not take                 once: the same picture as a file
 "message to edit not found", "message can't    GONE: the caller continues in a new message
 be edited"
+a draft refused as unknown (404, "method not   UNSUPPORTED: the caller continues with messages;
+found") or not allowed in the chat (other 400)  remembered for the process or for the chat
 the group was upgraded to a supergroup         a send: made again in the supergroup; an edit:
 (``migrate_to_chat_id``)                       GONE. Either way `Sent.moved_to` names it
 403, 401, 404, "chat not found"                UNREACHABLE: stop trying this chat
@@ -81,6 +83,7 @@ class Outcome(enum.Enum):
     GONE = "gone"  # the message to edit no longer exists
     REFUSED = "refused"
     UNREACHABLE = "unreachable"
+    UNSUPPORTED = "unsupported"  # the Bot API server or the chat does not take drafts
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,7 @@ class Sent:
     message_id: int | None = None  # of a new message; None for edits
     fallback: bool = False  # delivered as plain text, or a photo as a file
     moved_to: int | None = None  # the supergroup the group became, where a message then went
+    everywhere: bool = False  # UNSUPPORTED by the Bot API server itself, not only in this chat
 
     @property
     def ok(self) -> bool:
@@ -126,10 +130,17 @@ class Delivery:
         self._gate = gate
         self._policy = policy or DeliveryPolicy()
         self._sleep = sleep
+        # Where sendMessageDraft was refused: everywhere (an older Bot API server), or in chats.
+        self._drafts_refused = False
+        self._draftless_chats: set[int] = set()
 
-    def turn(self, chat_id: int) -> Turn:
+    def turn(self, chat_id: int, *, spacing: float | None = None) -> Turn:
         """A turn at the FloodGate for `chat_id`, to take before knowing what to send."""
-        return Turn(self._gate, chat_id)
+        return Turn(self._gate, chat_id, spacing=spacing)
+
+    def drafts_allowed(self, chat_id: int) -> bool:
+        """False once Telegram refused a draft on this server, or in this chat."""
+        return not self._drafts_refused and chat_id not in self._draftless_chats
 
     def chat_action(
         self, chat_id: int, action: ChatAction, *, thread_id: int | None = None
@@ -214,6 +225,64 @@ class Delivery:
             movable=False,
         )
 
+    async def send_draft(
+        self,
+        chat_id: int,
+        draft_id: int,
+        text: str,
+        *,
+        html: str | None = None,
+        thread_id: int | None = None,
+        turn: Turn | None = None,
+    ) -> Sent:
+        """Show `text` as the chat's draft `draft_id`, with a stop button; never retried.
+
+        A draft is a preview that a newer one replaces, so a 429 or a transient failure only
+        defers it. UNSUPPORTED when the server does not know the method or the chat takes no
+        drafts: the refusal is remembered (see `drafts_allowed`) and logged once.
+        """
+
+        async def call(target: int, plain: bool) -> int | None:
+            content, parse_mode = _formatted(text, html, plain=plain)
+            await self._bot.send_message_draft(
+                chat_id=target,
+                draft_id=draft_id,
+                text=content,
+                parse_mode=parse_mode,
+                message_thread_id=thread_id,
+                can_stop=True,
+                # Pressed, the stop button leaves the partial text in view until the final
+                # message replaces it.
+                keep_on_stop=True,
+            )
+            return None
+
+        sent = await self._deliver(
+            chat_id,
+            call,
+            fallback=None if html is None else _formatting_refused,
+            final=False,
+            turn=turn,
+            what="draft",
+            movable=False,
+            unsupported=True,
+        )
+        if sent.outcome is Outcome.UNSUPPORTED:
+            self._refuse_drafts(chat_id, sent)
+        return sent
+
+    def _refuse_drafts(self, chat_id: int, sent: Sent) -> None:
+        if sent.everywhere:
+            if not self._drafts_refused:
+                logger.warning(
+                    "the Bot API server does not know sendMessageDraft: answers stream by "
+                    "editing messages from now on"
+                )
+            self._drafts_refused = True
+        elif chat_id not in self._draftless_chats:
+            logger.warning("chat %s takes no drafts: its answers stream by edits", chat_id)
+            self._draftless_chats.add(chat_id)
+
     async def send_picture(
         self,
         chat_id: int,
@@ -273,12 +342,15 @@ class Delivery:
         turn: Turn | None,
         what: str,
         movable: bool = True,
+        unsupported: bool = False,
     ) -> Sent:
         """Make `call` in the chat's turns until it succeeds or the policy gives up.
 
         `fallback(reason)` says whether a 400 with this (lower-cased) description is worth one
         more try in the fallback form; `turn`, if held already, is used for the first call;
-        `movable` says whether the call may be made again in the supergroup a group became.
+        `movable` says whether the call may be made again in the supergroup a group became;
+        `unsupported`: a 404, or a 400 not about the text, means the method is not available
+        (UNSUPPORTED) rather than the chat unreachable or the call refused.
         """
         turn = turn or self.turn(chat_id)
         target = chat_id
@@ -335,8 +407,17 @@ class Delivery:
                     )
                     as_fallback = True
                     continue
+                if unsupported:
+                    everywhere = "method not found" in reason or "not implemented" in reason
+                    return Sent(Outcome.UNSUPPORTED, everywhere=everywhere)
                 logger.error("chat %s: %s refused: %s", target, what, exc.message)
                 return Sent(Outcome.REFUSED, moved_to=moved_to)
+            except TelegramNotFound as exc:
+                if unsupported:
+                    # What a Bot API server answers for a method it does not have.
+                    return Sent(Outcome.UNSUPPORTED, everywhere=True)
+                logger.warning("chat %s: unreachable: %s", target, exc.message)
+                return Sent(Outcome.UNREACHABLE, moved_to=moved_to)
             except UNREACHABLE_ERRORS as exc:
                 logger.warning("chat %s: unreachable: %s", target, exc.message)
                 return Sent(Outcome.UNREACHABLE, moved_to=moved_to)

@@ -85,6 +85,7 @@ def hot_methods() -> tuple[type[TelegramMethod[Any]], ...]:
         methods.SetMyCommands,
         methods.SendMessage,
         methods.EditMessageText,
+        methods.SendMessageDraft,
         methods.SendChatAction,
         methods.SendPhoto,
         methods.SendDocument,

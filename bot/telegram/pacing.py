@@ -66,14 +66,17 @@ class FloodGate:
         await self.acquire(chat_id, urgent=urgent)
         self.release(chat_id)
 
-    async def acquire(self, chat_id: int, *, urgent: Urgency = True) -> None:
+    async def acquire(
+        self, chat_id: int, *, urgent: Urgency = True, spacing: float | None = None
+    ) -> None:
         """Wait for this chat's next slot and a bot-wide one; hold them until `release`.
 
         Non-urgent calls only refresh what the user already sees (intermediate edits): they get
         a bot-wide slot only when no urgent call is waiting for one. A callable `urgent` is asked
         once the chat's own slot has come, so a caller can become urgent while it waits for that.
+        `spacing` replaces the chat's interval after this call (drafts are spaced more closely).
         """
-        interval = self.interval_for(chat_id)
+        interval = self.interval_for(chat_id) if spacing is None else spacing
         while True:
             now = self._clock()
             at = max(now, self._next_at.get(chat_id, 0.0), self._blocked_until.get(chat_id, 0.0))
@@ -85,13 +88,13 @@ class FloodGate:
             if self._blocked_until.get(chat_id, 0.0) <= self._clock():
                 break
         await self._global.acquire(chat_id, urgent=urgent() if callable(urgent) else urgent)
-        self._spaced_from_now(chat_id)
+        self._spaced_from_now(chat_id, interval)
 
-    def release(self, chat_id: int) -> None:
+    def release(self, chat_id: int, *, spacing: float | None = None) -> None:
         """The call made after `acquire` got its answer (or was not made after all)."""
         self._global.release()
         # Telegram saw the call at some moment up to now: space the next one from now.
-        self._spaced_from_now(chat_id)
+        self._spaced_from_now(chat_id, self.interval_for(chat_id) if spacing is None else spacing)
 
     def hurry(self, chat_id: int) -> None:
         """Make this chat's non-urgent wait for a bot-wide slot urgent, if it is waiting."""
@@ -102,13 +105,11 @@ class FloodGate:
         until = self._clock() + max(0.0, retry_after)
         self._blocked_until[chat_id] = max(until, self._blocked_until.get(chat_id, 0.0))
 
-    def _spaced_from_now(self, chat_id: int) -> None:
+    def _spaced_from_now(self, chat_id: int, interval: float) -> None:
         now = self._clock()
         # However long the wait for the bot-wide slot or for the answer was, the chat's next
         # call keeps its distance from this one.
-        self._next_at[chat_id] = max(
-            self._next_at.get(chat_id, now), now + self.interval_for(chat_id)
-        )
+        self._next_at[chat_id] = max(self._next_at.get(chat_id, now), now + interval)
         self._forget_idle(now)
 
     def _forget_idle(self, now: float) -> None:
@@ -233,10 +234,12 @@ class Turn:
     it again without knowing whether the caller already did; `end` is likewise safe to repeat.
     """
 
-    def __init__(self, gate: FloodGate, chat_id: int) -> None:
+    def __init__(self, gate: FloodGate, chat_id: int, *, spacing: float | None = None) -> None:
+        """`spacing`: the chat's interval after each call of this turn (None: the chat's own)."""
         self._gate = gate
         self._chat_id = chat_id
         self._held = False
+        self.spacing = spacing
 
     @property
     def held(self) -> bool:
@@ -246,7 +249,7 @@ class Turn:
     async def take(self, *, urgent: Urgency = True) -> None:
         """Wait for the chat's next slot and a bot-wide one, unless the turn is already held."""
         if not self._held:
-            await self._gate.acquire(self._chat_id, urgent=urgent)
+            await self._gate.acquire(self._chat_id, urgent=urgent, spacing=self.spacing)
             self._held = True
 
     def end(self) -> None:
@@ -254,7 +257,7 @@ class Turn:
         # The gate counts the call against Telegram's limits until its answer is back.
         if self._held:
             self._held = False
-            self._gate.release(self._chat_id)
+            self._gate.release(self._chat_id, spacing=self.spacing)
 
     def hurry(self) -> None:
         """Make a non-urgent wait for this turn urgent: it will carry final text."""

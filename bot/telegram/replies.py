@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from aiogram import Bot
 from aiogram.enums import ChatAction
 from aiogram.types import InlineKeyboardMarkup, Message
@@ -11,14 +13,20 @@ from bot.services.migration import ChatMigration
 from bot.telegram.delivery import Delivery, DeliveryPolicy, Sent
 from bot.telegram.filters import GROUP_TYPES
 from bot.telegram.pacing import FloodGate
+from bot.telegram.stops import Generations
 from bot.telegram.streaming import TelegramReplyWriter
+
+StreamMode = Literal["auto", "draft", "edit"]
 
 
 class Replies:
     """Answers a message in its chat and topic: in groups as a reply to it.
 
     When an answer finds the group upgraded to a supergroup (it then goes there), the chat's
-    stored data follows it through `migration`.
+    stored data follows it through `migration`. Streamed answers are registered in
+    `generations` for a Stop; `stream_mode` says where they grow: "edit" always in an edited
+    message, "auto" and "draft" in a draft in private chats (drafts are private-only) and in an
+    edited message in groups.
     """
 
     def __init__(
@@ -28,17 +36,26 @@ class Replies:
         gate: FloodGate,
         policy: DeliveryPolicy | None = None,
         migration: ChatMigration | None = None,
+        stream_mode: StreamMode = "auto",
+        draft_interval: float = 0.5,
     ) -> None:
         self._delivery = Delivery(bot=bot, gate=gate, policy=policy)
         self._migration = migration
+        self._stream_mode = stream_mode
+        self._draft_interval = draft_interval
+        self.generations = Generations()
 
     def writer(self, message: Message) -> TelegramReplyWriter:
-        """A stream writer answering `message`."""
+        """A stream writer answering `message` (its sender may stop the answer)."""
         return TelegramReplyWriter(
             delivery=self._delivery,
             chat_id=message.chat.id,
             reply_to=_reply_to(message),
             thread_id=_thread(message),
+            generations=self.generations,
+            asker_id=message.from_user.id if message.from_user else None,
+            drafts=self._stream_mode != "edit" and message.chat.type == "private",
+            draft_interval=self._draft_interval,
         )
 
     async def text(self, message: Message, text: str) -> None:

@@ -139,3 +139,11 @@ async def bot(harness: BotHarness) -> BotHarness:
     """A running bot with default settings."""
     await harness.start()
     return harness
+
+
+@pytest.fixture
+async def edit_bot(harness: BotHarness) -> BotHarness:
+    """A running bot that streams by editing messages in private chats too (STREAM_MODE=edit),
+    for what edits meet: flood waits on edits, deleted or unreadable edited messages."""
+    await harness.start(stream_mode="edit")
+    return harness

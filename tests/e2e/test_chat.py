@@ -205,8 +205,9 @@ async def test_rejected_formatting_falls_back_to_plain_text(bot: BotHarness) -> 
 
 
 async def test_flood_control_retry_after_is_honoured_and_final_text_complete(
-    bot: BotHarness,
+    edit_bot: BotHarness,
 ) -> None:
+    bot = edit_bot
     words = [f"word{i} " for i in range(60)]
     bot.llm.enqueue(Stream(words, delay=0.04))
     bot.tg.fail_next(
@@ -240,7 +241,8 @@ async def test_not_modified_is_harmless(bot: BotHarness) -> None:
     await bot.wait_text(CHAT, "".join(words).strip(), within=15)
 
 
-async def test_deleted_message_continues_in_a_new_one(bot: BotHarness) -> None:
+async def test_deleted_message_continues_in_a_new_one(edit_bot: BotHarness) -> None:
+    bot = edit_bot
     words = [f"part{i} " for i in range(40)]
     bot.llm.enqueue(Stream(words, delay=0.08))
     bot.tg.user_message(chat_id=CHAT, text="go")

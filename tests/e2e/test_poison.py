@@ -53,6 +53,7 @@ async def test_a_handler_that_raises_is_reported_without_the_message_text(
     harness: BotHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
+
     def explode(app: App) -> None:
         app.dispatcher["chat_service"] = ExplodingOnce(app.dispatcher["chat_service"])
 

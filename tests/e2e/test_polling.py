@@ -16,9 +16,7 @@ async def test_get_updates_told_to_wait_waits_before_asking_again(bot: BotHarnes
         retry_after=RETRY_AFTER,
     )
     # The bot's current long poll returns on its own (2 s in the harness); the next is refused.
-    await tg.wait_for(
-        lambda t: any(c.status == 429 for c in t.calls_to("getUpdates")), timeout=10
-    )
+    await tg.wait_for(lambda t: any(c.status == 429 for c in t.calls_to("getUpdates")), timeout=10)
     refused = next(c for c in tg.calls_to("getUpdates") if c.status == 429)
     await tg.wait_for(
         lambda t: any(c.at > refused.at for c in t.calls_to("getUpdates")),

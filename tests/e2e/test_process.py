@@ -91,7 +91,11 @@ async def test_sigterm_past_the_grace_period_marks_the_answer_interrupted(
             await tg.wait_for(lambda t: bool(t.calls_to("getUpdates")), timeout=60)
             llm.enqueue(Hang(after_chunks=["Partial ", "answer"]))
             tg.user_message(chat_id=6, text="question")
-            await tg.wait_for(lambda t: any(m.text == "Partial answer" for m in t.messages(6)))
+            await tg.wait_for(
+                lambda t: (
+                    (draft := t.visible_draft(6)) is not None and draft.text == "Partial answer"
+                )
+            )
             proc.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
         finally:

@@ -70,8 +70,9 @@ async def test_a_403_answered_with_http_200_stops_the_answer(
 
 
 async def test_a_reply_cut_short_is_retried_and_the_answer_complete(
-    bot: BotHarness, caplog: pytest.LogCaptureFixture
+    edit_bot: BotHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
+    bot = edit_bot
     caplog.set_level(logging.INFO)
     bot.tg.answer_next_raw("sendMessage", TRUNCATED, chat_id=CHAT)
     # More edits answered so than an answer this short makes: the final one meets them too,
@@ -256,8 +257,10 @@ async def test_a_chat_that_refuses_the_bot_gets_no_further_call(
     # Longer than the 4.5 s after which "typing…" would be renewed.
     bot.llm.enqueue(Stream([f"w{i} " for i in range(12)], delay=0.5))
     bot.tg.user_message(chat_id=chat_id, chat_type=chat_type, chat_title="Team", text=text)
-    await bot.tg.wait_for(lambda t: bool(t.calls_to("sendMessage", chat_id)))
-    refused_at = bot.tg.calls_to("sendMessage", chat_id)[0].at
+    # The first text: a draft in a private chat, a message in a group.
+    method = "sendMessageDraft" if chat_type == "private" else "sendMessage"
+    await bot.tg.wait_for(lambda t: bool(t.calls_to(method, chat_id)))
+    refused_at = bot.tg.calls_to(method, chat_id)[0].at
     await bot.idle(within=20)
     assert [c for c in bot.tg.calls if c.chat_id == chat_id and c.at > refused_at] == []
     assert len(bot.llm.chat_requests) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 
@@ -12,7 +13,10 @@ class RecordingSink:
     pushed: list[str] = field(default_factory=list)
     finished: bool = False
     note: str | None = None
+    mark: str | None = None
     failure: str | None = None
+    # Set it to stop the answer, as the user's Stop button would.
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Nothing to show before the answer."""
@@ -21,9 +25,9 @@ class RecordingSink:
         """Record a piece of the answer."""
         self.pushed.append(text)
 
-    async def finish(self, *, note: str | None = None) -> bool:
-        """Record that the answer was delivered, with its note."""
-        self.finished, self.note = True, note
+    async def finish(self, *, note: str | None = None, mark: str | None = None) -> bool:
+        """Record that the answer was delivered, with its note and mark."""
+        self.finished, self.note, self.mark = True, note, mark
         return True
 
     async def fail(self, message: str) -> None:

@@ -33,7 +33,11 @@ sendPhoto, sendDocument); sendChatAction, getUpdates, answerCallbackQuery and th
 * groups and supergroups (negative chat id): a sliding window of ``group_window`` seconds
   (default 60) holding at most ``group_limit`` calls (default 20);
 * all chats together: a sliding window of ``global_window`` seconds (default 1) holding at most
-  ``global_limit`` calls (default 30).
+  ``global_limit`` calls (default 30);
+* message drafts (sendMessageDraft) are paced per chat apart from messages: a sliding window of
+  ``draft_window`` seconds (default 1) holding at most ``draft_rate`` drafts (default 5). They
+  take no message tokens, but count toward the global window and are refused while the chat's
+  or the bot's window is open. A draft over its limit opens a window for the chat's drafts only.
 
 A call over a limit gets HTTP 429 ``Too Many Requests: retry after N`` with
 ``parameters.retry_after = N`` (N = whole seconds until the call would have fitted, at least 1)
@@ -46,6 +50,19 @@ costs, which is the cautious reading). ``count_429`` and ``violations`` are kept
 chat. Time comes from the injected ``clock``. A 429 injected on a limited method with
 `FakeTelegram.fail_next` and ``retry_after`` opens the same kind of window, whether or not the
 automatic limits are enabled.
+
+Message drafts (``sendMessageDraft``, streamed while an answer is generated): private chats only
+(``Bad Request: TEXTDRAFT_PEER_INVALID`` elsewhere), ``draft_id`` must be a non-zero integer
+(``Bad Request: TEXTDRAFT_ID_INVALID``), ``text`` goes through the same parsing, clean-up and
+4096 limit as sendMessage but may be empty or missing (a "Thinking…" placeholder). Every
+accepted call is recorded (`FakeTelegram.drafts`); `FakeTelegram.visible_draft` is the chat's
+newest draft until the bot sends a message there, 30 s of ``clock`` pass without an update of it,
+or the user stops it. An update with the same ``draft_id`` animates the text, another id
+replaces the draft. `FakeTelegram.stop_generation` presses the stop button of a draft sent with
+``can_stop``: it queues a ``stopped_message_generation`` update, hides the draft unless
+``keep_on_stop``, and later drafts with that id in that chat still return True but are ignored.
+With ``supports_drafts = False`` the method is unknown (404 ``Not Found``), as on an older
+server.
 
 Group privacy mode is on by default (``getMe`` says ``can_read_all_group_messages: false``):
 in groups, only messages that start with ``/`` (and are not addressed to another bot), mention
@@ -96,6 +113,7 @@ from aiohttp import web
 
 __all__ = [
     "Call",
+    "Draft",
     "EntityParseError",
     "FakeTelegram",
     "FloodControl",
@@ -120,6 +138,9 @@ NOT_MODIFIED = (
 )
 QUERY_TOO_OLD = "Bad Request: query is too old and response timeout expired or query ID is invalid"
 UPGRADED = "Bad Request: group chat was upgraded to a supergroup chat"
+DRAFT_PEER_INVALID = "Bad Request: TEXTDRAFT_PEER_INVALID"
+DRAFT_ID_INVALID = "Bad Request: TEXTDRAFT_ID_INVALID"
+DRAFT_LIFETIME = 30.0  # seconds a draft stays visible without an update
 MAX_TEXT_LENGTH = 4096
 MAX_CAPTION_LENGTH = 1024
 
@@ -134,6 +155,8 @@ FLOOD_LIMITED_METHODS = frozenset(
         "senddocument",
     }
 )
+# Paced apart from the methods above: see `FloodControl`.
+DRAFT_METHOD = "sendmessagedraft"
 CHAT_ACTIONS = frozenset(
     {
         "typing",
@@ -175,6 +198,7 @@ _INT_PARAMS = frozenset(
         "message_thread_id",
         "user_id",
         "cache_time",
+        "draft_id",
     }
 )
 _JSON_PARAMS = frozenset(
@@ -200,6 +224,8 @@ _BOOL_PARAMS = frozenset(
         "has_spoiler",
         "show_caption_above_media",
         "disable_content_type_detection",
+        "can_stop",
+        "keep_on_stop",
     }
 )
 
@@ -743,6 +769,8 @@ class FloodControl:
         group_window: float = 60.0,
         global_limit: int = 30,
         global_window: float = 1.0,
+        draft_rate: int = 5,
+        draft_window: float = 1.0,
         block_all_methods: bool = False,
     ) -> None:
         self.clock = clock
@@ -753,6 +781,8 @@ class FloodControl:
         self.group_window = group_window
         self.global_limit = global_limit
         self.global_window = global_window
+        self.draft_rate = draft_rate
+        self.draft_window = draft_window
         # When set, an open window also refuses the free methods (sendChatAction and such).
         self.block_all_methods = block_all_methods
         self.reset()
@@ -762,28 +792,49 @@ class FloodControl:
         self._buckets: dict[int, tuple[float, float]] = {}
         self._group_events: dict[int, deque[float]] = {}
         self._global_events: deque[float] = deque()
+        self._draft_events: dict[int, deque[float]] = {}
         self.blocked_until: dict[int | None, float] = {}
+        # Windows opened by drafts over `draft_rate`: they refuse only the chat's drafts.
+        self.drafts_blocked_until: dict[int, float] = {}
         self.count_429 = 0
         self.violations = 0
         self.count_429_by_chat: dict[int, int] = {}
         self.violations_by_chat: dict[int, int] = {}
 
-    def block(self, chat_id: int | None, seconds: float) -> None:
-        """Open a retry_after window of `seconds` on a chat (None: on the whole bot)."""
+    def block(self, chat_id: int | None, seconds: float, *, draft: bool = False) -> None:
+        """Open a retry_after window of `seconds` on a chat (None: on the whole bot).
+
+        With `draft`, the window refuses only the chat's drafts.
+        """
         until = self.clock() + seconds
+        if draft and chat_id is not None:
+            blocked = self.drafts_blocked_until
+            blocked[chat_id] = max(blocked.get(chat_id, until), until)
+            return
         self.blocked_until[chat_id] = max(self.blocked_until.get(chat_id, until), until)
 
-    def remaining(self, chat_id: int) -> float:
-        """Seconds left in the window that applies to `chat_id` (0 when none is open)."""
+    def remaining(self, chat_id: int, *, draft: bool = False) -> float:
+        """Seconds left in the window that applies to `chat_id` (0 when none is open).
+
+        With `draft`, the window that applies to a draft: the chat's, the bot's, or the one
+        opened on the chat's drafts.
+        """
         now = self.clock()
         ends = [self.blocked_until.get(chat_id, now), self.blocked_until.get(None, now)]
+        if draft:
+            ends.append(self.drafts_blocked_until.get(chat_id, now))
         return max(0.0, max(ends) - now)
 
-    def admit(self, chat_id: int, *, limited: bool = True) -> int | None:
-        """Account for one call to `chat_id`; None if allowed, else the retry_after to return."""
+    def admit(self, chat_id: int, *, limited: bool = True, draft: bool = False) -> int | None:
+        """Account for one call to `chat_id`; None if allowed, else the retry_after to return.
+
+        `draft` marks a sendMessageDraft call: limited, but paced by `draft_rate` per chat
+        instead of the chat's message allowance.
+        """
+        limited = limited or draft
         if not limited and not self.block_all_methods:
             return None
-        left = self.remaining(chat_id)
+        left = self.remaining(chat_id, draft=draft)
         if left > 0:
             self._count(chat_id, violation=True)
             return _whole_seconds(left)
@@ -797,13 +848,16 @@ class FloodControl:
             self.block(None, wait)
             self._count(chat_id, violation=False)
             return wait
-        wait_chat = self._chat_wait(chat_id, now)
+        wait_chat = self._draft_wait(chat_id, now) if draft else self._chat_wait(chat_id, now)
         if wait_chat is not None:
-            self.block(chat_id, wait_chat)
+            self.block(chat_id, wait_chat, draft=draft)
             self._count(chat_id, violation=False)
             return wait_chat
         self._global_events.append(now)
-        self._consume(chat_id, now)
+        if draft:
+            self._draft_events[chat_id].append(now)
+        else:
+            self._consume(chat_id, now)
         return None
 
     def _chat_wait(self, chat_id: int, now: float) -> int | None:
@@ -815,11 +869,11 @@ class FloodControl:
                 return None
             return _whole_seconds((1 - tokens) / self.private_rate)
         events = self._group_events.setdefault(chat_id, deque())
-        while events and events[0] <= now - self.group_window:
-            events.popleft()
-        if len(events) < self.group_limit:
-            return None
-        return _whole_seconds(events[0] + self.group_window - now)
+        return _window_wait(events, self.group_limit, self.group_window, now)
+
+    def _draft_wait(self, chat_id: int, now: float) -> int | None:
+        events = self._draft_events.setdefault(chat_id, deque())
+        return _window_wait(events, self.draft_rate, self.draft_window, now)
 
     def _consume(self, chat_id: int, now: float) -> None:
         if chat_id > 0:
@@ -839,6 +893,15 @@ class FloodControl:
 def _whole_seconds(seconds: float) -> int:
     # Float noise must not turn an exact 2.0 into 3.
     return max(1, math.ceil(seconds - 1e-9))
+
+
+def _window_wait(events: deque[float], limit: int, window: float, now: float) -> int | None:
+    """Drop events older than `window`; None if one more fits, else the whole seconds to wait."""
+    while events and events[0] <= now - window:
+        events.popleft()
+    if len(events) < limit:
+        return None
+    return _whole_seconds(events[0] + window - now)
 
 
 # --------------------------------------------------------------------------------------------
@@ -918,6 +981,24 @@ class SentMessage:
 
 
 @dataclass
+class Draft:
+    """One sendMessageDraft call the fake accepted."""
+
+    chat_id: int
+    draft_id: int
+    text: str  # visible text after parsing and clean-up; "" shows a "Thinking…" placeholder
+    entities: list[dict[str, Any]]
+    can_stop: bool
+    keep_on_stop: bool
+    at: float  # `clock` time of the call
+    html: str = ""  # the text exactly as the bot sent it
+    parse_mode: str | None = None
+    message_thread_id: int | None = None
+    ignored: bool = False  # sent after the user stopped this draft: it changed nothing
+    stopped: bool = False  # the user pressed its stop button (see `FakeTelegram.stop_generation`)
+
+
+@dataclass
 class _Chat:
     id: int
     type: str
@@ -933,6 +1014,9 @@ class _Chat:
     members: dict[int, dict[str, Any]] = field(default_factory=dict)
     statuses: dict[int, str] = field(default_factory=dict)
     migrated_to: int | None = None  # the supergroup this group was upgraded to
+    drafts: list[Draft] = field(default_factory=list)  # every accepted draft, oldest first
+    draft: Draft | None = None  # the shown draft's latest state, until something hides it
+    stopped_drafts: set[int] = field(default_factory=set)  # draft ids the user stopped
 
     def json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id}
@@ -1013,6 +1097,7 @@ class FakeTelegram:
         clock: Callable[[], float] = time.monotonic,
         bot_first_name: str = "Test LLM Bot",
         length_unit: str = "utf16",
+        supports_drafts: bool = True,
     ) -> None:
         if length_unit not in ("utf16", "codepoints"):
             raise ValueError("length_unit must be 'utf16' or 'codepoints'")
@@ -1022,6 +1107,8 @@ class FakeTelegram:
         self.bot_first_name = bot_first_name
         self.clock = clock
         self.length_unit = length_unit
+        # False: sendMessageDraft is an unknown method (404), as on a server older than it.
+        self.supports_drafts = supports_drafts
         self.flood = FloodControl(clock)
         self.privacy_mode = True
         self.url = ""
@@ -1058,6 +1145,7 @@ class FakeTelegram:
             ("close", self._true),
             ("getChat", self._get_chat),
             ("sendMessage", self._send_message),
+            ("sendMessageDraft", self._send_message_draft),
             ("editMessageText", self._edit_message_text),
             ("editMessageCaption", self._edit_message_caption),
             ("editMessageReplyMarkup", self._edit_message_reply_markup),
@@ -1327,6 +1415,37 @@ class FakeTelegram:
             self._queue_update("message", moved_from, new),
         ]
 
+    def stop_generation(self, chat_id: int, draft_id: int | None = None) -> dict[str, Any]:
+        """The user presses the stop button of the visible draft; returns the queued Update.
+
+        `draft_id` defaults to the visible draft's. The draft must be visible and sent with
+        can_stop. The update is ``stopped_message_generation``; the draft disappears unless it
+        was sent with keep_on_stop, and later drafts with this id in this chat are ignored.
+        """
+        visible = self.visible_draft(chat_id)
+        if visible is None:
+            raise AssertionError(f"no visible draft in chat {chat_id} to stop")
+        if draft_id is not None and draft_id != visible.draft_id:
+            raise AssertionError(
+                f"draft {draft_id} is not visible in chat {chat_id} "
+                f"(the visible one is {visible.draft_id})"
+            )
+        if not visible.can_stop:
+            raise AssertionError(
+                f"draft {visible.draft_id} in chat {chat_id} has no stop button (no can_stop)"
+            )
+        if visible.stopped:
+            raise AssertionError(f"draft {visible.draft_id} in chat {chat_id} is stopped already")
+        chat = self._chats[chat_id]
+        visible.stopped = True
+        chat.stopped_drafts.add(visible.draft_id)
+        if not visible.keep_on_stop:
+            chat.draft = None
+        stopped: dict[str, Any] = {"chat": chat.json(), "draft_id": visible.draft_id}
+        if visible.message_thread_id is not None:
+            stopped["message_thread_id"] = visible.message_thread_id
+        return self._queue_update("stopped_message_generation", stopped, chat)
+
     def block_bot(self, chat_id: int, blocked: bool = True) -> None:
         """The user blocks (or unblocks) the bot: every call to the chat gets 403."""
         self._chats[chat_id].blocked_bot = blocked
@@ -1359,6 +1478,24 @@ class FakeTelegram:
     def live_messages(self, chat_id: int) -> list[SentMessage]:
         """The bot's messages in the chat that are not deleted, oldest first."""
         return [message for message in self.messages(chat_id) if not message.deleted]
+
+    def drafts(self, chat_id: int) -> list[Draft]:
+        """Every sendMessageDraft call the fake accepted for the chat, ignored ones included."""
+        chat = self._chats.get(chat_id)
+        return list(chat.drafts) if chat is not None else []
+
+    def visible_draft(self, chat_id: int) -> Draft | None:
+        """The draft the user sees in the chat now (its latest update), or None.
+
+        A draft is gone once the bot sent a message to the chat after it, after
+        `DRAFT_LIFETIME` seconds of `clock` without an update, or when the user stopped it
+        (unless it was sent with keep_on_stop).
+        """
+        chat = self._chats.get(chat_id)
+        draft = chat.draft if chat is not None else None
+        if draft is None or self.clock() - draft.at >= DRAFT_LIFETIME:
+            return None
+        return draft
 
     def pending_updates(self) -> list[dict[str, Any]]:
         """Updates queued and not yet confirmed by the bot."""
@@ -1488,6 +1625,8 @@ class FakeTelegram:
         params, files = await self._read_params(request)
         raw_method = request.match_info["method"]
         known = self._methods.get(raw_method.lower())
+        if raw_method.lower() == DRAFT_METHOD and not self.supports_drafts:
+            known = None
         call = Call(known[0] if known else raw_method, params, at)
         self.calls.append(call)
         ctx = _Context(request, params, files, call)
@@ -1519,7 +1658,9 @@ class FakeTelegram:
             parameters = None
             if injection.retry_after is not None:
                 parameters = {"retry_after": injection.retry_after}
-                if chat_id is not None and (
+                if chat_id is not None and method == DRAFT_METHOD:
+                    self.flood.block(chat_id, injection.retry_after, draft=True)
+                elif chat_id is not None and (
                     method in FLOOD_LIMITED_METHODS or self.flood.block_all_methods
                 ):
                     self.flood.block(chat_id, injection.retry_after)
@@ -1539,7 +1680,9 @@ class FakeTelegram:
             )
             return self._error(call, _ApiError(403, f"Forbidden: {reason}"))
         if chat is not None:
-            retry_after = self.flood.admit(chat.id, limited=method in FLOOD_LIMITED_METHODS)
+            retry_after = self.flood.admit(
+                chat.id, limited=method in FLOOD_LIMITED_METHODS, draft=method == DRAFT_METHOD
+            )
             if retry_after is not None:
                 return self._error(
                     call,
@@ -1927,6 +2070,7 @@ class FakeTelegram:
             html_history=[raw],
         )
         chat.bot_messages[sent.message_id] = sent
+        chat.draft = None  # any message from the bot ends the draft shown in the chat
         return sent
 
     def _message_to_edit(self, ctx: _Context, chat: _Chat) -> SentMessage:
@@ -2097,6 +2241,40 @@ class FakeTelegram:
         )
         sent.link_preview_options = preview
         return self._bot_message_json(sent)
+
+    async def _send_message_draft(self, ctx: _Context) -> Any:
+        text = ctx.params.get("text")
+        text = text if isinstance(text, str) else ""
+        parse_mode = ctx.params.get("parse_mode")
+        visible, entities = self._format(
+            text, parse_mode, ctx.params.get("entities"), allow_empty=True
+        )
+        chat = self._chat_of(ctx)
+        if chat.type != "private":
+            raise _ApiError(400, DRAFT_PEER_INVALID)
+        draft_id = ctx.params.get("draft_id")
+        if not isinstance(draft_id, int) or isinstance(draft_id, bool) or draft_id == 0:
+            raise _ApiError(400, DRAFT_ID_INVALID)
+        if self._text_length(visible) > MAX_TEXT_LENGTH:
+            raise _bad("message is too long")
+        thread = ctx.params.get("message_thread_id")
+        draft = Draft(
+            chat_id=chat.id,
+            draft_id=draft_id,
+            text=visible,
+            entities=entities,
+            can_stop=bool(ctx.params.get("can_stop")),
+            keep_on_stop=bool(ctx.params.get("keep_on_stop")),
+            at=self.clock(),
+            html=text,
+            parse_mode=parse_mode or None,
+            message_thread_id=thread if isinstance(thread, int) else None,
+            ignored=draft_id in chat.stopped_drafts,
+        )
+        chat.drafts.append(draft)
+        if not draft.ignored:
+            chat.draft = draft  # same id: the text is animated; another id: replaced
+        return True
 
     async def _edit_message_text(self, ctx: _Context) -> Any:
         markup = self._reply_markup(ctx)

@@ -34,6 +34,8 @@ from aiogram.types import (
 
 from tests.fakes.telegram import (
     CONFLICT_GET_UPDATES,
+    DRAFT_ID_INVALID,
+    DRAFT_PEER_INVALID,
     NOT_MODIFIED,
     UPGRADED,
     FakeTelegram,
@@ -783,3 +785,310 @@ async def test_chat_members_and_administrators_via_aiogram(tg: FakeTelegram, bot
     assert isinstance(await bot.get_chat_member(GROUP, 10), ChatMemberMember)
     tg.set_admins(GROUP, [])
     assert isinstance(await bot.get_chat_member(GROUP, 8), ChatMemberMember)
+
+
+# ------------------------------------------------------------------------------ message drafts
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def timed(clock: ManualClock) -> AsyncIterator[FakeTelegram]:
+    """A fake on a clock the test moves by hand, flood control off."""
+    async with FakeTelegram(clock=clock) as fake:
+        fake.register_chat(CHAT)
+        fake.flood.enabled = False
+        yield fake
+
+
+async def draft(
+    http: aiohttp.ClientSession,
+    tg: FakeTelegram,
+    text: str | None,
+    *,
+    chat_id: int = CHAT,
+    draft_id: int = 1,
+    **params: Any,
+) -> tuple[int, dict[str, Any]]:
+    if text is not None:
+        params["text"] = text
+    return await call(http, tg, "sendMessageDraft", chat_id=chat_id, draft_id=draft_id, **params)
+
+
+async def test_draft_is_accepted_and_recorded(
+    tg: FakeTelegram, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    accepted = await bot.send_message_draft(
+        chat_id=CHAT,
+        draft_id=7,
+        text="<b>Thin</b>king",
+        parse_mode="HTML",
+        can_stop=True,
+        message_thread_id=3,
+    )
+    assert accepted is True
+    [record] = tg.drafts(CHAT)
+    assert (record.chat_id, record.draft_id, record.text, record.entities) == (
+        CHAT,
+        7,
+        "Thinking",
+        [{"type": "bold", "offset": 0, "length": 4}],
+    )
+    assert (record.html, record.parse_mode, record.message_thread_id) == (
+        "<b>Thin</b>king",
+        "HTML",
+        3,
+    )
+    assert (record.can_stop, record.keep_on_stop, record.ignored, record.stopped) == (
+        True,
+        False,
+        False,
+        False,
+    )
+    assert record.at <= time.monotonic()
+    assert tg.visible_draft(CHAT) is record
+    assert tg.calls_to("sendMessageDraft", chat_id=CHAT)[0].result is True
+    assert tg.messages(CHAT) == []  # a draft is not a message
+
+    italic = [{"type": "italic", "offset": 0, "length": 3}]
+    status, body = await draft(http, tg, "abc", draft_id=-5, entities=italic, keep_on_stop=True)
+    assert (status, body) == (200, {"ok": True, "result": True})
+    visible = tg.visible_draft(CHAT)
+    assert visible is not None
+    assert (visible.draft_id, visible.entities, visible.keep_on_stop) == (-5, italic, True)
+    assert visible.can_stop is False
+    assert len(tg.drafts(CHAT)) == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "description"),
+    [
+        ({"draft_id": 0}, DRAFT_ID_INVALID),
+        ({"draft_id": None}, DRAFT_ID_INVALID),  # missing: null fields are not sent
+        ({"draft_id": "abc"}, DRAFT_ID_INVALID),
+        ({"chat_id": GROUP}, DRAFT_PEER_INVALID),
+        ({"chat_id": -4242}, DRAFT_PEER_INVALID),
+        ({"chat_id": 31337}, "Bad Request: chat not found"),
+        (
+            {"text": "<b>x", "parse_mode": "HTML"},
+            "Bad Request: can't parse entities: "
+            'Can\'t find end tag corresponding to start tag "b"',
+        ),
+        ({"text": "a" * 4097}, "Bad Request: message is too long"),
+        (
+            {"text": "<i>" + "a" * 4097 + "</i>", "parse_mode": "HTML"},
+            "Bad Request: message is too long",
+        ),
+    ],
+)
+async def test_draft_refusals(
+    tg: FakeTelegram, http: aiohttp.ClientSession, params: dict[str, Any], description: str
+) -> None:
+    tg.register_chat(GROUP, chat_type="supergroup")
+    tg.register_chat(-4242, chat_type="group")
+    status, body = await call(
+        http, tg, "sendMessageDraft", **{"chat_id": CHAT, "draft_id": 1, "text": "x", **params}
+    )
+    assert (status, body) == (400, {"ok": False, "error_code": 400, "description": description})
+    assert tg.drafts(CHAT) == tg.drafts(GROUP) == tg.drafts(-4242) == []
+    assert tg.visible_draft(CHAT) is None
+
+
+async def test_empty_and_long_draft_texts_and_a_blocked_bot(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    for text, params in ((None, {}), ("", {}), ("<b> </b>\n", {"parse_mode": "HTML"})):
+        status, body = await draft(http, tg, text, **params)
+        assert (status, body["result"]) == (200, True)  # a "Thinking…" placeholder
+    assert [(d.text, d.entities) for d in tg.drafts(CHAT)] == [("", [])] * 3
+    status, _ = await draft(http, tg, "<b>" + "a" * 4096 + "</b>", parse_mode="HTML")
+    assert status == 200
+    tg.block_bot(CHAT)
+    status, body = await draft(http, tg, "x")
+    assert (status, body["description"]) == (403, "Forbidden: bot was blocked by the user")
+    assert len(tg.drafts(CHAT)) == 4
+
+
+async def test_without_draft_support_the_method_is_unknown(http: aiohttp.ClientSession) -> None:
+    async with FakeTelegram(supports_drafts=False) as tg:
+        tg.register_chat(CHAT)
+        status, body = await draft(http, tg, "x")
+        assert (status, body) == (
+            404,
+            {"ok": False, "error_code": 404, "description": "Not Found"},
+        )
+        assert tg.drafts(CHAT) == []
+        tg.supports_drafts = True
+        status, _ = await draft(http, tg, "x")
+        assert status == 200
+
+
+async def test_drafts_animate_get_replaced_and_disappear(
+    timed: FakeTelegram, clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    tg = timed
+    await draft(http, tg, "Hel")
+    clock.now += 1
+    await draft(http, tg, "Hello")  # same draft_id: the text is animated
+    visible = tg.visible_draft(CHAT)
+    assert visible is not None and (visible.draft_id, visible.text, visible.at) == (
+        1,
+        "Hello",
+        1001,
+    )
+    await draft(http, tg, "Other", draft_id=2)  # another draft_id: the draft is replaced
+    visible = tg.visible_draft(CHAT)
+    assert visible is not None and (visible.draft_id, visible.text) == (2, "Other")
+    await send(http, tg, "the final answer")
+    assert tg.visible_draft(CHAT) is None
+    assert [d.text for d in tg.drafts(CHAT)] == ["Hel", "Hello", "Other"]
+
+    await draft(http, tg, "again", draft_id=3)
+    clock.now += 29.5
+    assert tg.visible_draft(CHAT) is not None
+    await draft(http, tg, "again and more", draft_id=3)  # an update restarts the 30 s
+    clock.now += 29.5
+    visible = tg.visible_draft(CHAT)
+    assert visible is not None and visible.text == "again and more"
+    clock.now += 0.5
+    assert tg.visible_draft(CHAT) is None
+
+    await draft(http, tg, "before a photo", draft_id=4)
+    photo = tg.add_file(b"png", file_path="photos/file")
+    status, _ = await call(http, tg, "sendPhoto", chat_id=CHAT, photo=photo)
+    assert status == 200 and tg.visible_draft(CHAT) is None
+
+
+async def test_stop_generation_is_delivered_and_later_drafts_are_ignored(
+    tg: FakeTelegram, bot: Bot, http: aiohttp.ClientSession
+) -> None:
+    with pytest.raises(AssertionError, match="no visible draft"):
+        tg.stop_generation(CHAT)
+    await draft(http, tg, "no button")
+    with pytest.raises(AssertionError, match="no stop button"):
+        tg.stop_generation(CHAT)
+    await draft(http, tg, "partial", draft_id=2, can_stop=True, message_thread_id=5)
+    with pytest.raises(AssertionError, match="not visible"):
+        tg.stop_generation(CHAT, draft_id=1)
+    wanted = ["message", "callback_query", "stopped_message_generation"]
+    _, body = await call(http, tg, "getUpdates", allowed_updates=wanted)
+    assert body["result"] == []
+
+    update = tg.stop_generation(CHAT)
+    assert update == {
+        "update_id": update["update_id"],
+        "stopped_message_generation": {
+            "chat": {"id": CHAT, "first_name": "Alice", "username": "alice", "type": "private"},
+            "draft_id": 2,
+            "message_thread_id": 5,
+        },
+    }
+    [delivered] = await bot.get_updates()
+    stopped = delivered.stopped_message_generation
+    assert delivered.update_id == update["update_id"] and stopped is not None
+    assert (stopped.chat.id, stopped.draft_id, stopped.message_thread_id) == (CHAT, 2, 5)
+    assert tg.visible_draft(CHAT) is None and tg.drafts(CHAT)[-1].stopped
+
+    status, body = await draft(http, tg, "partial and more", draft_id=2, can_stop=True)
+    assert (status, body["result"]) == (200, True)
+    assert tg.drafts(CHAT)[-1].ignored and tg.visible_draft(CHAT) is None
+
+    await draft(http, tg, "kept", draft_id=3, can_stop=True, keep_on_stop=True)
+    kept = tg.stop_generation(CHAT, draft_id=3)
+    assert "message_thread_id" not in kept["stopped_message_generation"]
+    visible = tg.visible_draft(CHAT)
+    assert visible is not None and visible.text == "kept"
+    await draft(http, tg, "kept and more", draft_id=3, can_stop=True, keep_on_stop=True)
+    visible = tg.visible_draft(CHAT)
+    assert visible is not None and visible.text == "kept" and tg.drafts(CHAT)[-1].ignored
+    with pytest.raises(AssertionError, match="stopped already"):
+        tg.stop_generation(CHAT)
+
+
+async def test_stopped_generation_follows_allowed_updates(
+    tg: FakeTelegram, http: aiohttp.ClientSession
+) -> None:
+    await call(http, tg, "getUpdates", allowed_updates=["message", "callback_query"])
+    await draft(http, tg, "x", can_stop=True)
+    excluded = tg.stop_generation(CHAT)
+    _, body = await call(http, tg, "getUpdates")  # the previous allowed_updates still apply
+    assert body["result"] == []
+    assert excluded not in tg.pending_updates()
+    assert tg.visible_draft(CHAT) is None  # the stop itself took effect
+
+    await call(http, tg, "getUpdates", allowed_updates=[])  # the default includes it
+    await draft(http, tg, "y", draft_id=2, can_stop=True)
+    update = tg.stop_generation(CHAT)
+    _, body = await call(http, tg, "getUpdates")
+    assert body["result"] == [update]
+
+
+async def test_draft_flood_control_is_per_chat_and_apart_from_messages(
+    clock: ManualClock, http: aiohttp.ClientSession
+) -> None:
+    async with FakeTelegram(clock=clock) as tg:
+        tg.register_chat(CHAT)
+        tg.register_chat(43)
+        for n in range(5):  # draft_rate per second
+            status, _ = await draft(http, tg, f"d{n}")
+            assert status == 200
+            clock.now += 0.125
+        status, body = await draft(http, tg, "sixth")
+        assert body == {
+            "ok": False,
+            "error_code": 429,
+            "description": "Too Many Requests: retry after 1",
+            "parameters": {"retry_after": 1},
+        }
+        assert (tg.flood.count_429, tg.flood.violations) == (1, 0)
+        assert tg.flood.count_429_by_chat == {CHAT: 1}
+        # Messages, and drafts in other chats, are paced on their own.
+        status, _ = await send(http, tg, "a message")
+        assert status == 200
+        status, _ = await draft(http, tg, "other chat", chat_id=43)
+        assert status == 200
+        clock.now += 0.25
+        status, body = await draft(http, tg, "ignores retry_after")
+        assert (status, body["parameters"]["retry_after"]) == (429, 1)
+        assert tg.flood.violations_by_chat == {CHAT: 1}
+        clock.now += 0.75
+        status, _ = await draft(http, tg, "waited")
+        assert status == 200
+        assert len(tg.drafts(CHAT)) == 6
+
+        # An open window on the chat's messages refuses its drafts too.
+        for n in range(3):  # the bucket is full again
+            await send(http, tg, f"m{n}")
+        status, _ = await send(http, tg, "over the burst")
+        assert status == 429
+        status, _ = await draft(http, tg, "inside the window")
+        assert status == 429 and tg.flood.violations == 2
+
+        # Drafts count toward the bot-wide limit.
+        clock.now += 10
+        tg.flood = FloodControl(clock, global_limit=2)
+        for chat_id in (CHAT, 43):
+            status, _ = await draft(http, tg, "x", chat_id=chat_id)
+            assert status == 200
+        status, body = await send(http, tg, "third call this second", chat_id=43)
+        assert (status, body["parameters"]["retry_after"]) == (429, 1)
+
+        # An injected 429 with retry_after opens a window on the chat's drafts.
+        clock.now += 1
+        tg.flood = FloodControl(clock, enabled=False)
+        tg.fail_next(
+            "sendMessageDraft",
+            status=429,
+            description="Too Many Requests: retry after 3",
+            retry_after=3,
+        )
+        status, _ = await draft(http, tg, "injected")
+        assert status == 429
+        clock.now += 2.5
+        status, body = await draft(http, tg, "still blocked")
+        assert (status, body["parameters"]["retry_after"]) == (429, 1)
+        status, _ = await send(http, tg, "messages are not")
+        assert status == 200

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 
@@ -307,3 +308,72 @@ async def test_a_context_the_backend_finds_too_long_is_sent_again_with_half_the_
     refused, sent = llm.chat_requests[-2:]
     assert len(sent["messages"]) < len(refused["messages"])
     assert sent["messages"][-1]["content"] == "And now?"
+
+
+class StoppingSink(RecordingSink):
+    """Presses Stop once `after` pieces of the answer have arrived."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+
+    def push(self, text: str) -> None:
+        super().push(text)
+        if len(self.pushed) == self.after:
+            self.stop_requested.set()
+
+
+async def test_a_stopped_answer_is_kept_marked_and_its_usage_estimated(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http)
+    llm.enqueue(Stream([f"w{i} " for i in range(50)], delay=0.05), Stream(["ok"]))
+    sink = StoppingSink(after=3)
+    outcome = await service.reply(request=request("count", message_id=1), sink=sink)
+    assert outcome.status == "stopped"
+    assert sink.mark is not None and "stopped" in sink.mark
+    assert outcome.answer == "w0 w1 w2 "
+    await asyncio.sleep(0.2)
+    assert llm.requests[0].disconnected  # the provider was told to stop
+    [row] = await usage_rows(sessions)
+    assert row["status"] == "interrupted" and row["estimated"]
+    assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+    await service.reply(request=request("next", message_id=2), sink=RecordingSink())
+    history = [(m["role"], m["content"]) for m in llm.chat_requests[1]["messages"][1:]]
+    assert history == [("user", "count"), ("assistant", "w0 w1 w2 "), ("user", "next")]
+
+
+async def test_a_stop_before_the_first_token_stores_no_turn(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http)
+    llm.enqueue(Stream(["late"], first_delay=5))
+    sink = RecordingSink()
+    sink.stop_requested.set()
+    outcome = await service.reply(request=request("count"), sink=sink)
+    assert outcome.status == "stopped"
+    assert sink.failure is not None and "Stopped" in sink.failure
+    async with sessions() as s:
+        assert (await s.scalar(text("select count(*) from turns"))) == 0
+
+
+async def test_retry_replaces_only_the_last_answer(
+    sessions: async_sessionmaker[AsyncSession], llm: FakeLLM, http: httpx.AsyncClient
+) -> None:
+    service = make_service(sessions, llm, http)
+    llm.enqueue(Stream(["A1"]), Stream(["A2"]), Stream(["A2 again"]))
+    await service.reply(request=request("Q1", message_id=1), sink=RecordingSink())
+    await service.reply(request=request("Q2", message_id=2), sink=RecordingSink())
+    outcome = await service.retry(request=request("", message_id=3), sink=RecordingSink())
+    assert outcome.status == "ok"
+    retried = [(m["role"], m["content"]) for m in llm.chat_requests[2]["messages"][1:]]
+    assert retried == [("user", "Q1"), ("assistant", "A1"), ("user", "Q2")]
+    async with sessions() as s:
+        turns = await TurnRepository(s).recent(chat_id=10, limit=10)
+    assert [(t.role, t.content) for t in turns] == [
+        ("user", "Q1"),
+        ("assistant", "A1"),
+        ("user", "Q2"),
+        ("assistant", "A2 again"),
+    ]
+    assert len(await usage_rows(sessions)) == 3

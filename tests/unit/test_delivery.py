@@ -25,6 +25,7 @@ from aiogram.methods import (
     SendChatAction,
     SendDocument,
     SendMessage,
+    SendMessageDraft,
     SendPhoto,
     TelegramMethod,
 )
@@ -425,6 +426,53 @@ async def test_the_writer_continues_in_a_new_message_when_its_message_is_gone(
     assert kinds == [SendMessage, EditMessageText, SendMessage]
     assert rig.session.requests[-1].method.text == "Hello, world"
     assert len(writer.message_ids) == 2
+
+
+# ---- drafts ----------------------------------------------------------------------------------
+
+
+async def test_a_draft_goes_formatted_with_its_stop_button(rig: Rig) -> None:
+    sent = await rig.delivery.send_draft(CHAT, 77, "Hi *there*", html="Hi <b>there</b>")
+    assert sent.ok
+    [request] = rig.session.sent(SendMessageDraft)
+    assert (request.method.draft_id, request.method.text) == (77, "Hi <b>there</b>")
+    assert request.method.parse_mode == "HTML" and request.method.can_stop is True
+
+
+async def test_a_server_without_drafts_turns_them_off_everywhere(rig: Rig) -> None:
+    rig.session.fail(404, "Not Found")
+    sent = await rig.delivery.send_draft(CHAT, 77, "Hi")
+    assert sent.outcome is Outcome.UNSUPPORTED
+    assert not rig.delivery.drafts_allowed(CHAT)
+    assert not rig.delivery.drafts_allowed(CHAT + 1)
+
+
+async def test_a_chat_that_takes_no_drafts_turns_them_off_there_only(rig: Rig) -> None:
+    rig.session.fail(400, "Bad Request: TEXTDRAFT_PEER_INVALID")
+    sent = await rig.delivery.send_draft(CHAT, 77, "Hi")
+    assert sent.outcome is Outcome.UNSUPPORTED
+    assert not rig.delivery.drafts_allowed(CHAT)
+    assert rig.delivery.drafts_allowed(CHAT + 1)
+
+
+async def test_a_draft_with_refused_formatting_goes_as_plain_text(rig: Rig) -> None:
+    rig.session.fail(400, PARSE_ERROR)
+    sent = await rig.delivery.send_draft(CHAT, 77, "Hi *there*", html="Hi <x>there")
+    assert sent.ok and sent.fallback
+    assert [r.method.text for r in rig.session.sent(SendMessageDraft)] == [
+        "Hi <x>there",
+        "Hi *there*",
+    ]
+    assert rig.delivery.drafts_allowed(CHAT)
+
+
+async def test_a_draft_that_meets_a_429_is_deferred_not_retried(rig: Rig) -> None:
+    rig.session.fail(429, "Too Many Requests: retry after 3", retry_after=3)
+    sent = await rig.delivery.send_draft(CHAT, 77, "Hi")
+    assert sent.outcome is Outcome.DEFERRED
+    assert len(rig.session.sent(SendMessageDraft)) == 1
+    assert rig.gate.ready_in(CHAT) >= 3.0
+    assert rig.delivery.drafts_allowed(CHAT)
 
 
 # ---- a group upgraded to a supergroup ------------------------------------------------------

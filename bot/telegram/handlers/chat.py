@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiogram import F, Router
+from aiogram.filters import Command
 from aiogram.types import Message
 
 from bot.i18n import _
@@ -54,6 +55,18 @@ async def converse(
         await replies.chat_moved(old_chat_id=message.chat.id, new_chat_id=writer.moved_to)
 
 
+async def retry(message: Message, chat_service: ChatService, replies: Replies) -> None:
+    """/retry: answer the chat's last question again, replacing the last answer."""
+    if message.from_user is None:
+        return
+    # The question is read from the chat's history, not from this message.
+    request = chat_request(message, message.from_user, "")
+    writer = replies.writer(message)
+    await chat_service.retry(request=request, sink=writer)
+    if writer.moved_to is not None:
+        await replies.chat_moved(old_chat_id=message.chat.id, new_chat_id=writer.moved_to)
+
+
 async def unsupported(message: Message, replies: Replies) -> None:
     """Stickers, voice, files and captionless photos: say what is supported."""
     text = _(
@@ -67,6 +80,7 @@ def build_router() -> Router:
     """A fresh router with this module's handlers (one per Dispatcher)."""
     router = Router(name=__name__)
     router.message.filter(NotFromBot())
+    router.message.register(retry, Command("retry"))
     router.message.register(unknown_command, F.text.startswith("/"), Addressed())
     router.message.register(converse, F.text | F.caption, Addressed())
     router.message.register(unsupported, F.content_type.in_(MEDIA_TYPES), Addressed())

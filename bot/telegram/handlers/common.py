@@ -19,6 +19,7 @@ def command_menu(*, images: bool) -> list[BotCommand]:
         ("help", _("List of commands")),
         ("reset", _("Start a new conversation")),
         ("new", _("Start a new conversation")),
+        ("retry", _("Answer the last message again")),
         ("image", _("Generate an image")),
         ("usage", _("Token and image usage")),
         ("model", _("Choose the AI model")),
@@ -52,6 +53,7 @@ async def help_(message: Message, replies: Replies, bot: Bot) -> None:
         "/start — what this bot does\n"
         "/help — this list\n"
         "/reset (or /new) — forget this chat's conversation and start over\n"
+        "/retry — answer the last message again (the new answer replaces the old one)\n"
         "/image <description> — draw a picture (or reply /image to a message to draw what it "
         "says)\n"
         "/usage — your tokens, images and their cost today, this month and in total\n"

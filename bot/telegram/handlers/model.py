@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
 from aiogram import Bot, Router
-from aiogram.enums import ChatMemberStatus
-from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command, CommandObject
-from aiogram.types import CallbackQuery, Chat, InlineKeyboardMarkup, Message
+from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 
 from bot.config import Settings
 from bot.i18n import _, format_number, ngettext
 from bot.llm.types import ModelInfo
 from bot.services.models import Catalogue, ModelService, Suggested, Switched, label
-from bot.telegram.filters import GROUP_TYPES, NotFromBot
+from bot.telegram.filters import NotFromBot
 from bot.telegram.keyboards import (
     MODELS_PER_PAGE,
     ModelNoop,
@@ -24,25 +20,10 @@ from bot.telegram.keyboards import (
     model_suggestions,
     models_outdated,
 )
+from bot.telegram.permissions import manages_chat
 from bot.telegram.replies import Replies
 
-logger = logging.getLogger(__name__)
-
-ADMIN_STATUSES = frozenset({ChatMemberStatus.CREATOR, ChatMemberStatus.ADMINISTRATOR})
 NOTICE_LIMIT = 200  # Telegram's limit for the text of a callback query answer
-
-
-async def may_switch(*, bot: Bot, settings: Settings, chat: Chat, user_id: int) -> bool:
-    """Anyone in a private chat; in groups the group's administrators and the bot's owners."""
-    if chat.type not in GROUP_TYPES or settings.is_owner(user_id):
-        return True
-    try:
-        member = await bot.get_chat_member(chat_id=chat.id, user_id=user_id)
-    except TelegramAPIError as exc:
-        # Telegram may not know the user's membership (e.g. hidden members): refuse, safely.
-        logger.warning("chat %s: could not check user %s: %s", chat.id, user_id, exc)
-        return False
-    return member.status in ADMIN_STATUSES
 
 
 def describe(model: ModelInfo) -> str:
@@ -132,7 +113,7 @@ async def model_command(
         return
     if message.from_user is None:
         return
-    if not await may_switch(bot=bot, settings=settings, chat=chat, user_id=message.from_user.id):
+    if not await manages_chat(bot=bot, settings=settings, chat=chat, user_id=message.from_user.id):
         await replies.text(message, _admins_only())
         return
     result = await model_service.choose(
@@ -202,7 +183,7 @@ async def pick(
         await query.answer(models_outdated())
         return
     chat = message.chat
-    if not await may_switch(bot=bot, settings=settings, chat=chat, user_id=query.from_user.id):
+    if not await manages_chat(bot=bot, settings=settings, chat=chat, user_id=query.from_user.id):
         await query.answer(_admins_only())
         return
     catalogue = await model_service.catalogue()
