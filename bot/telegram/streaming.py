@@ -105,8 +105,8 @@ class TelegramReplyWriter:
 
     @property
     def shown(self) -> bool:
-        """True once any part of the answer is visible."""
-        return bool(self._state.sent_ids) or self._draft_content is not None
+        """True once any part of the answer is visible (not only "Thinking…")."""
+        return bool(self._state.sent_ids) or bool(self._draft_content)
 
     @property
     def stop_requested(self) -> asyncio.Event:
@@ -126,7 +126,11 @@ class TelegramReplyWriter:
         return self._moved_to
 
     async def start(self) -> None:
-        """Register the answer for a Stop, and show "typing…" until the first text is visible."""
+        """Register the answer for a Stop, and show that it is coming until its first text.
+
+        In a draft that is Telegram's "Thinking…" placeholder, with the stop button, so a slow
+        (say, reasoning) model can be stopped before it writes; elsewhere "typing…".
+        """
         if self._generations is not None:
             self._generation = self._generations.open(
                 chat_id=self._chat_id, asker_id=self._asker_id
@@ -135,11 +139,15 @@ class TelegramReplyWriter:
             if self._drafts and self._delivery.drafts_allowed(self._chat_id):
                 self._draft_id = self._generation.id
                 self._turn.spacing = self._draft_interval
+        if self._draft_id is None:
+            await self._show_typing()
+        self._flusher = asyncio.create_task(self._flush_loop())
+
+    async def _show_typing(self) -> None:
         typing = self._delivery.chat_action(
             self._chat_id, ChatAction.TYPING, thread_id=self._thread_id
         )
         await self._typing.enter_async_context(typing)
-        self._flusher = asyncio.create_task(self._flush_loop())
 
     def push(self, text: str) -> None:
         """Append answer text; delivery happens in the background."""
@@ -205,6 +213,8 @@ class TelegramReplyWriter:
             self._turn.end()  # cancelled while holding a turn
 
     async def _flush(self) -> bool:
+        if self._draft_id is not None:
+            await self._show_placeholder()
         while not self._finishing:
             await self._wait_for_text()
             if self._finishing:
@@ -221,6 +231,18 @@ class TelegramReplyWriter:
                 # Renewing "typing…" in a chat that cannot be written to is a call for nothing.
                 await self._typing.aclose()
         return await self._deliver(final=True)
+
+    async def _show_placeholder(self) -> None:
+        """The empty draft ("Thinking…") before the first text; "typing…" if it is refused."""
+        if self._state.pushed:
+            return  # the first text is here already: it goes at once
+        turn = self._turn
+        turn.spacing = 0.0  # the first text may follow at once
+        drafted = await self._show_draft("", "")
+        if self._draft_id is not None:
+            turn.spacing = self._draft_interval
+        if not drafted and not self._dead:
+            await self._show_typing()
 
     async def _wait_for_text(self) -> None:
         """Until new text is pushed; a shown draft is refreshed before it fades meanwhile."""
@@ -275,8 +297,11 @@ class TelegramReplyWriter:
             st.current = None
             st.offset += piece.end
             st.carry = piece.carry
-        if body.strip() and not await self._show(body, html=html, final=final, mark=mark):
-            return False
+        if body.strip():
+            if not await self._show(body, html=html, final=final, mark=mark):
+                return False
+        elif self._refresh and not final and self._draft_id is not None:
+            await self._show_draft("", "")  # "Thinking…" again before it fades
         st.delivered = upto
         return True
 
@@ -372,7 +397,7 @@ class TelegramReplyWriter:
             self._chat_id,
             self._draft_id,
             plain,
-            html=html,
+            html=html or None,
             thread_id=self._thread_id,
             turn=self._turn,
         )

@@ -140,6 +140,20 @@ async def test_stop_in_a_draft_cancels_the_backend_and_keeps_the_partial_answer(
     assert "≈" in usage[-1]
 
 
+async def test_a_slow_model_can_be_stopped_while_it_is_thinking(bot: BotHarness) -> None:
+    bot.llm.enqueue(Stream(["Too late."], first_delay=30))
+    bot.tg.user_message(chat_id=CHAT, text="Think hard")
+    await bot.tg.wait_for(lambda t: t.visible_draft(CHAT) is not None, timeout=10)
+    placeholder = bot.tg.visible_draft(CHAT)
+    assert placeholder is not None and placeholder.text == "" and placeholder.can_stop
+    assert not bot.tg.calls_to("sendChatAction", CHAT), "the draft already says Thinking…"
+    bot.tg.stop_generation(CHAT)
+    texts = await bot.wait_messages(CHAT, lambda t: len(t) == 1)
+    assert "Stopped before the answer began" in texts[0]
+    await bot.tg.wait_for(lambda t: bot.llm.requests[-1].finished_at is not None, timeout=3)
+    assert bot.llm.requests[-1].disconnected
+
+
 async def test_stop_button_in_a_group_obeys_only_the_asker_or_an_admin(
     bot: BotHarness,
 ) -> None:
