@@ -61,6 +61,10 @@ class FloodGate:
         at = max(self._next_at.get(chat_id, now), self._blocked_until.get(chat_id, now))
         return max(0.0, at - now)
 
+    def free_now(self, chat_id: int) -> bool:
+        """True when a call to this chat could go at once, however urgent."""
+        return self.ready_in(chat_id) == 0 and self._global.free_now()
+
     async def turn(self, chat_id: int, *, urgent: Urgency = True) -> None:
         """Wait for this chat's next slot and a bot-wide slot, then claim them."""
         await self.acquire(chat_id, urgent=urgent)
@@ -153,7 +157,7 @@ class GlobalPace:
 
     async def acquire(self, key: int, *, urgent: bool = True) -> None:
         """Wait for a slot; a caller with `urgent=False` waits while any urgent caller does."""
-        if not self._urgent and not self._normal and self._free_at() <= self._clock():
+        if self.free_now():
             self._in_flight += 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -173,6 +177,10 @@ class GlobalPace:
         finally:
             if self._waiting.get(key) is waiter:
                 del self._waiting[key]
+
+    def free_now(self) -> bool:
+        """True when a call could go at once, nobody waiting before it."""
+        return not self._urgent and not self._normal and self._free_at() <= self._clock()
 
     def release(self) -> None:
         """A call let through has been answered (or was not made)."""
@@ -258,6 +266,10 @@ class Turn:
         if self._held:
             self._held = False
             self._gate.release(self._chat_id, spacing=self.spacing)
+
+    def free_now(self) -> bool:
+        """True when the turn could be taken at once."""
+        return self._held or self._gate.free_now(self._chat_id)
 
     def hurry(self) -> None:
         """Make a non-urgent wait for this turn urgent: it will carry final text."""

@@ -101,6 +101,8 @@ class TelegramReplyWriter:
         self._draft_id: int | None = None
         self._draft_content: str | None = None
         self._refresh = False
+        self._placeholder_waits = False
+        self._typing_shown = False
         self._turn = delivery.turn(chat_id)
 
     @property
@@ -128,8 +130,9 @@ class TelegramReplyWriter:
     async def start(self) -> None:
         """Register the answer for a Stop, and show that it is coming until its first text.
 
-        In a draft that is Telegram's "Thinking…" placeholder, with the stop button, so a slow
-        (say, reasoning) model can be stopped before it writes; elsewhere "typing…".
+        A draft shows Telegram's "Thinking…" placeholder, with the stop button, so a slow (say,
+        reasoning) model can be stopped before it writes; it only uses Bot API calls the bot
+        can spare (see `_show_placeholder`), with "typing…" meanwhile. Otherwise "typing…".
         """
         if self._generations is not None:
             self._generation = self._generations.open(
@@ -144,6 +147,9 @@ class TelegramReplyWriter:
         self._flusher = asyncio.create_task(self._flush_loop())
 
     async def _show_typing(self) -> None:
+        if self._typing_shown:
+            return
+        self._typing_shown = True
         typing = self._delivery.chat_action(
             self._chat_id, ChatAction.TYPING, thread_id=self._thread_id
         )
@@ -157,6 +163,8 @@ class TelegramReplyWriter:
             self._state.pending.append(text)
             self._state.pushed += len(text)
             self._changed.set()
+            if self._placeholder_waits:
+                self._turn.hurry()  # the slot waited for goes to the first text instead
 
     async def finish(self, *, note: str | None = None, mark: str | None = None) -> bool:
         """Deliver the complete answer and stop the background work.
@@ -233,16 +241,28 @@ class TelegramReplyWriter:
         return await self._deliver(final=True)
 
     async def _show_placeholder(self) -> None:
-        """The empty draft ("Thinking…") before the first text; "typing…" if it is refused."""
-        if self._state.pushed:
-            return  # the first text is here already: it goes at once
+        """The empty draft ("Thinking…") before the first text, in a slot the bot can spare.
+
+        It waits for a bot-wide slot no urgent call wants, so when many answers start at once
+        it never delays their first texts; a first text arriving meanwhile takes the slot.
+        """
         turn = self._turn
+        if not turn.free_now():
+            await self._show_typing()  # while the placeholder waits for a slot
+        self._placeholder_waits = True
+        try:
+            await turn.take(urgent=lambda: bool(self._state.pushed))
+        finally:
+            self._placeholder_waits = False
+        if self._state.pushed or self._finishing:
+            return  # the first text is here (it goes in this turn), or the answer is over
         turn.spacing = 0.0  # the first text may follow at once
-        drafted = await self._show_draft("", "")
+        if await self._show_draft("", ""):
+            await self._typing.aclose()
+        elif not self._dead:
+            await self._show_typing()  # refused or deferred: "typing…" instead
         if self._draft_id is not None:
             turn.spacing = self._draft_interval
-        if not drafted and not self._dead:
-            await self._show_typing()
 
     async def _wait_for_text(self) -> None:
         """Until new text is pushed; a shown draft is refreshed before it fades meanwhile."""

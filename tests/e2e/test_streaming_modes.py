@@ -146,7 +146,6 @@ async def test_a_slow_model_can_be_stopped_while_it_is_thinking(bot: BotHarness)
     await bot.tg.wait_for(lambda t: t.visible_draft(CHAT) is not None, timeout=10)
     placeholder = bot.tg.visible_draft(CHAT)
     assert placeholder is not None and placeholder.text == "" and placeholder.can_stop
-    assert not bot.tg.calls_to("sendChatAction", CHAT), "the draft already says Thinking…"
     bot.tg.stop_generation(CHAT)
     texts = await bot.wait_messages(CHAT, lambda t: len(t) == 1)
     assert "Stopped before the answer began" in texts[0]

@@ -36,6 +36,7 @@ from aiohttp.test_utils import TestServer
 from bot.telegram.delivery import CHAT_ACTION_RENEW_SECONDS, Delivery, DeliveryPolicy, Outcome
 from bot.telegram.pacing import FloodGate
 from bot.telegram.session import BotSession
+from bot.telegram.stops import Generations
 from bot.telegram.streaming import TelegramReplyWriter
 
 TOKEN = "42:TEST"
@@ -473,6 +474,37 @@ async def test_a_draft_that_meets_a_429_is_deferred_not_retried(rig: Rig) -> Non
     assert len(rig.session.sent(SendMessageDraft)) == 1
     assert rig.gate.ready_in(CHAT) >= 3.0
     assert rig.delivery.drafts_allowed(CHAT)
+
+
+async def test_a_draft_answer_shows_thinking_first_when_a_slot_is_free(rig: Rig) -> None:
+    writer = TelegramReplyWriter(
+        delivery=rig.delivery, chat_id=CHAT, generations=Generations(), drafts=True
+    )
+    await writer.start()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    writer.push("Hello")
+    assert await writer.finish()
+    drafts = [r.method.text for r in rig.session.sent(SendMessageDraft)]
+    assert drafts[0] == "" and not rig.session.sent(SendChatAction)
+    assert [r.method.text for r in rig.session.sent(SendMessage)] == ["Hello"]
+
+
+async def test_a_placeholder_waiting_for_a_slot_gives_it_to_the_first_text(rig: Rig) -> None:
+    gate = FloodGate(global_rate=1, clock=rig.t.clock, sleep=rig.t.sleep)
+    delivery = Delivery(bot=Bot(token=TOKEN, session=rig.session), gate=gate, sleep=rig.t.backoff)
+    await gate.acquire(CHAT + 1)  # another chat's call holds the only bot-wide slot
+    writer = TelegramReplyWriter(
+        delivery=delivery, chat_id=CHAT, generations=Generations(), drafts=True
+    )
+    await writer.start()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    writer.push("Hello")
+    gate.release(CHAT + 1)
+    assert await writer.finish()
+    assert "" not in [r.method.text for r in rig.session.sent(SendMessageDraft)]
+    assert rig.session.sent(SendChatAction), "nothing showed the answer was coming"
 
 
 # ---- a group upgraded to a supergroup ------------------------------------------------------
