@@ -40,6 +40,7 @@ from bot.telegram.handlers import (
     callbacks,
     chat,
     common,
+    documents,
     errors,
     image,
     language,
@@ -334,6 +335,7 @@ def build_dispatcher(
         image.build_router(),
         upgrades.build_router(),
         stop.build_router(),
+        documents.build_router(),
         chat.build_router(),
         # Answers every button press no other router took, so no client spinner is left.
         callbacks.build_router(),

@@ -268,6 +268,9 @@ class LimitSettings(BaseModel):
     # Per-user pace of /image (0 turns a limit off; owners are exempt).
     image_cooldown_seconds: int = Field(default=30, ge=0)
     image_daily_limit: int = Field(default=10, ge=0)
+    # The largest text file (.txt, .md, .csv, code…) read into a conversation; Telegram lets
+    # bots download at most 20 MB.
+    document_max_bytes: int = Field(default=512 * 1024, gt=0, le=20 * 1024 * 1024)
     # Budgets for each user and for the whole bot; empty or 0 means unlimited. Owners are never
     # stopped. Days and months begin at midnight in USAGE_TIMEZONE (an IANA name).
     user_daily_tokens: int | None = Field(default=None, ge=0)

@@ -39,6 +39,7 @@ from bot.llm.errors import (
 from bot.llm.router import BackendRouter
 from bot.llm.types import ChatMessage, Role, StreamEnd, TextDelta, Usage
 from bot.services.directory import Directory
+from bot.services.documents import TextDocument, trim_to_tokens, wrap
 from bot.services.sink import ReplySink
 from bot.services.tokens import PER_MESSAGE_OVERHEAD, REPLY_PRIMING, TokenCounter
 from bot.services.usage import BudgetService
@@ -170,6 +171,23 @@ class ChatService:
     async def close(self) -> None:
         """Wait until every finished answer's rows are written (at shutdown)."""
         await self._writer.close()
+
+    async def budget_refusal(self, *, user_id: int) -> str | None:
+        """Why the user may not ask now (a spent budget), checked before any download."""
+        if self._budgets is None:
+            return None
+        block = await self._budgets.check(user_id=user_id)
+        return block.message if block is not None else None
+
+    def document_turn(self, document: TextDocument, question: str) -> str:
+        """The user's turn for a text file and its caption: the file trimmed to half the
+        history budget (with a visible note when cut), then the question."""
+        budget = self._config.history_token_budget // 2
+        trimmed = trim_to_tokens(document.text, budget, self._tokens.count)
+        wrapped = wrap(
+            document, trimmed.text, trimmed=trimmed.trimmed, total_chars=trimmed.total_chars
+        )
+        return f"{wrapped}\n\n{question}" if question else wrapped
 
     async def reset(self, *, chat_id: int) -> int:
         """Forget a chat's conversation; returns the number of turns removed."""

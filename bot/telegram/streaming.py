@@ -249,18 +249,19 @@ class TelegramReplyWriter:
         turn = self._turn
         if not turn.free_now():
             await self._show_typing()  # while the placeholder waits for a slot
+        turn.spacing = 0.0  # the first text may follow "Thinking…" at once
         self._placeholder_waits = True
         try:
             await turn.take(urgent=lambda: bool(self._state.pushed))
         finally:
             self._placeholder_waits = False
-        if self._state.pushed or self._finishing:
-            return  # the first text is here (it goes in this turn), or the answer is over
-        turn.spacing = 0.0  # the first text may follow at once
-        if await self._show_draft("", ""):
-            await self._typing.aclose()
-        elif not self._dead:
-            await self._show_typing()  # refused or deferred: "typing…" instead
+        if not (self._state.pushed or self._finishing):
+            if await self._show_draft("", ""):
+                await self._typing.aclose()
+            elif not self._dead:
+                await self._show_typing()  # refused or deferred: "typing…" instead
+        # Else the first text is here (it goes in this turn) or the answer is over. Either way
+        # drafts are spaced again from the next call on.
         if self._draft_id is not None:
             turn.spacing = self._draft_interval
 

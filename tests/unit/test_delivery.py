@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import json
 from collections import deque
 from collections.abc import AsyncGenerator
@@ -478,16 +479,27 @@ async def test_a_draft_that_meets_a_429_is_deferred_not_retried(rig: Rig) -> Non
 
 async def test_a_draft_answer_shows_thinking_first_when_a_slot_is_free(rig: Rig) -> None:
     writer = TelegramReplyWriter(
-        delivery=rig.delivery, chat_id=CHAT, generations=Generations(), drafts=True
+        delivery=rig.delivery,
+        chat_id=CHAT,
+        generations=Generations(),
+        drafts=True,
+        draft_interval=0.5,
     )
     await writer.start()
     for _ in range(5):
         await asyncio.sleep(0)
-    writer.push("Hello")
+    writer.push("Hello, ")
+    for _ in range(5):
+        await asyncio.sleep(0)
+    writer.push("world")
     assert await writer.finish()
-    drafts = [r.method.text for r in rig.session.sent(SendMessageDraft)]
-    assert drafts[0] == "" and not rig.session.sent(SendChatAction)
-    assert [r.method.text for r in rig.session.sent(SendMessage)] == ["Hello"]
+    drafts = rig.session.sent(SendMessageDraft)
+    assert [d.method.text for d in drafts][:2] == ["", "Hello,"]
+    assert not rig.session.sent(SendChatAction)
+    # The first text follows "Thinking…" at once; later drafts keep the draft interval.
+    assert drafts[1].at == drafts[0].at
+    assert all(b.at - a.at >= 0.5 for a, b in itertools.pairwise(drafts[1:]))
+    assert [r.method.text for r in rig.session.sent(SendMessage)] == ["Hello, world"]
 
 
 async def test_a_placeholder_waiting_for_a_slot_gives_it_to_the_first_text(rig: Rig) -> None:

@@ -68,10 +68,10 @@ async def retry(message: Message, chat_service: ChatService, replies: Replies) -
 
 
 async def unsupported(message: Message, replies: Replies) -> None:
-    """Stickers, voice, files and captionless photos: say what is supported."""
+    """Stickers, voice and captionless photos: say what is supported."""
     text = _(
-        "I can only read text messages. Stickers, voice messages, files and photos without a "
-        "caption are not supported yet — please write your question as text."
+        "I can read text messages and text files. Stickers, voice messages and photos without "
+        "a caption are not supported yet — please write your question as text."
     )
     await replies.text(message, text)
 

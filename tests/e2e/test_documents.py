@@ -1,0 +1,96 @@
+"""End-to-end: text files sent to the bot, downloaded through getFile and answered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.e2e.conftest import BotHarness
+from tests.fakes.openai import Stream
+
+CHAT = 3001
+GROUP = -100300
+
+
+def send_file(
+    bot: BotHarness,
+    data: bytes,
+    *,
+    name: str,
+    mime: str,
+    caption: str | None = None,
+    chat_id: int = CHAT,
+    **fields: Any,
+) -> None:
+    file_id = bot.tg.add_file(data, file_path=f"documents/{name}")
+    document = {
+        "file_id": file_id,
+        "file_unique_id": f"U{file_id}",
+        "file_name": name,
+        "mime_type": mime,
+        "file_size": len(data),
+    }
+    extra: dict[str, Any] = {"document": document}
+    if caption is not None:
+        extra["caption"] = caption
+    bot.tg.user_message(chat_id=chat_id, **fields, **extra)
+
+
+async def test_a_text_file_is_read_and_answered_with_its_caption(bot: BotHarness) -> None:
+    bot.llm.enqueue(Stream(["Two rows."]))
+    csv = "name;city\r\nАнна;Москва\r\nBob;Paris\r\n".encode("utf-8-sig")  # as Excel saves
+    send_file(bot, csv, name="people.csv", mime="text/csv", caption="How many rows?")
+    await bot.wait_text(CHAT, "Two rows.")
+    asked = bot.llm.chat_requests[0]["messages"][-1]["content"]
+    assert asked.startswith("File: people.csv\n```\nname;city\nАнна;Москва\nBob;Paris\n```")
+    assert asked.endswith("How many rows?")
+    # The file's text is the user's turn in history.
+    bot.llm.enqueue(Stream(["Paris."]))
+    bot.tg.user_message(chat_id=CHAT, text="Where does Bob live?")
+    await bot.wait_text(CHAT, "Paris.")
+    assert "Bob;Paris" in bot.llm.chat_requests[1]["messages"][1]["content"]
+
+
+async def test_binary_and_oversized_files_are_refused_without_a_backend_call(
+    harness: BotHarness,
+) -> None:
+    await harness.start(document_max_bytes=1024)
+    send_file(harness, b"PK\x03\x04" + bytes(200), name="notes.txt", mime="text/plain")
+    send_file(harness, b"x" * 2000, name="big.log", mime="text/plain")
+    send_file(harness, b"MZ\x90\x00", name="setup.exe", mime="application/octet-stream")
+    texts = await harness.wait_messages(CHAT, lambda t: len(t) == 3)
+    assert "not this one" in texts[0]
+    assert "too large" in texts[1] and "1 KB" in texts[1]
+    assert "not this one" in texts[2]
+    assert not harness.llm.chat_requests
+    # The oversized file was refused from its declared size, before any download.
+    assert len(harness.tg.calls_to("getFile")) == 1
+
+
+async def test_a_long_file_is_cut_to_the_budget_with_a_note(harness: BotHarness) -> None:
+    await harness.start(history_token_budget=2000)
+    harness.llm.enqueue(Stream(["Seen."]))
+    text = "".join(f"line {i} of a long log\n" for i in range(3000))
+    send_file(harness, text.encode(), name="app.log", mime="text/plain")
+    await harness.wait_text(CHAT, "Seen.")
+    asked = harness.llm.chat_requests[0]["messages"][-1]["content"]
+    assert "line 0 of a long log" in asked and "line 2999" not in asked
+    assert "trimmed" in asked
+
+
+async def test_a_file_in_a_group_needs_to_be_addressed(bot: BotHarness) -> None:
+    group = {"chat_type": "supergroup", "chat_title": "Team"}
+    send_file(bot, b"hello", name="a.txt", mime="text/plain", chat_id=GROUP, **group)
+    bot.llm.enqueue(Stream(["It says hello."]))
+    send_file(
+        bot,
+        b"hello",
+        name="b.txt",
+        mime="text/plain",
+        caption="@test_llm_bot what does it say?",
+        chat_id=GROUP,
+        **group,
+    )
+    await bot.wait_text(GROUP, "It says hello.")
+    await bot.idle()
+    assert len(bot.llm.chat_requests) == 1
+    assert "File: b.txt" in bot.llm.chat_requests[0]["messages"][-1]["content"]
