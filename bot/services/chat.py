@@ -257,12 +257,11 @@ class ChatService:
         self, request: ChatRequest, loaded: _Loaded, sink: ReplySink
     ) -> list[ChatMessage] | None:
         """The prompt to send, or None once the user was told why nothing is sent."""
-        if self._budgets is not None:
-            block = await self._budgets.check(user_id=request.user_id)
-            if block is not None:
-                # A spent budget costs nothing: the backend is never called.
-                await sink.fail(block.message)
-                return None
+        refusal = await self.budget_refusal(user_id=request.user_id)
+        if refusal is not None:
+            # A spent budget costs nothing: the backend is never called.
+            await sink.fail(refusal)
+            return None
         prompt = self._build_prompt(
             model=loaded.model,
             history=loaded.history,

@@ -70,6 +70,3 @@ class Generations:
         if generation is None or generation.chat_id != chat_id:
             return None
         return generation
-
-    def __len__(self) -> int:
-        return len(self._running)

@@ -19,6 +19,7 @@ def send_file(
     mime: str,
     caption: str | None = None,
     chat_id: int = CHAT,
+    declared_size: int | None = None,
     **fields: Any,
 ) -> None:
     file_id = bot.tg.add_file(data, file_path=f"documents/{name}")
@@ -27,7 +28,7 @@ def send_file(
         "file_unique_id": f"U{file_id}",
         "file_name": name,
         "mime_type": mime,
-        "file_size": len(data),
+        "file_size": len(data) if declared_size is None else declared_size,
     }
     extra: dict[str, Any] = {"document": document}
     if caption is not None:
@@ -64,6 +65,16 @@ async def test_binary_and_oversized_files_are_refused_without_a_backend_call(
     assert not harness.llm.chat_requests
     # The oversized file was refused from its declared size, before any download.
     assert len(harness.tg.calls_to("getFile")) == 1
+
+
+async def test_a_file_larger_than_declared_is_cut_off_at_the_limit(harness: BotHarness) -> None:
+    await harness.start(document_max_bytes=1024)
+    # The message claims 10 bytes; the download brings 5,000 and stops at the limit.
+    send_file(harness, b"y" * 5000, name="small.txt", mime="text/plain", declared_size=10)
+    texts = await harness.wait_messages(CHAT, lambda t: len(t) == 1)
+    assert "too large" in texts[0]
+    assert len(harness.tg.calls_to("getFile")) == 1
+    assert not harness.llm.chat_requests
 
 
 async def test_a_long_file_is_cut_to_the_budget_with_a_note(harness: BotHarness) -> None:

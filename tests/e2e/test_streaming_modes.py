@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 
 import pytest
 
 from bot.telegram import streaming
 from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import Error, Stream
+from tests.fakes.telegram import SentMessage
 
 CHAT = 2001
 GROUP = -100900
@@ -153,9 +155,8 @@ async def test_a_slow_model_can_be_stopped_while_it_is_thinking(bot: BotHarness)
     assert bot.llm.requests[-1].disconnected
 
 
-async def test_stop_button_in_a_group_obeys_only_the_asker_or_an_admin(
-    bot: BotHarness,
-) -> None:
+async def long_group_answer(bot: BotHarness) -> tuple[SentMessage, str]:
+    """ASKER asks in a group with ADMIN as administrator; the streaming message and its Stop."""
     bot.tg.register_chat(GROUP, chat_type="supergroup", title="Team")
     bot.tg.set_admins(GROUP, [ADMIN])
     group = {"chat_type": "supergroup", "chat_title": "Team"}
@@ -164,7 +165,14 @@ async def test_stop_button_in_a_group_obeys_only_the_asker_or_an_admin(
     await bot.tg.wait_for(lambda t: bool(t.messages(GROUP)), timeout=10)
     message = bot.tg.messages(GROUP)[0]
     data = stop_data(message.reply_markup)
-    assert data is not None
+    assert data is not None, "no Stop button while streaming"
+    return message, data
+
+
+async def test_stop_button_in_a_group_obeys_only_the_asker_or_an_admin(
+    bot: BotHarness,
+) -> None:
+    message, data = await long_group_answer(bot)
 
     refused = bot.tg.callback_query(
         chat_id=GROUP, message_id=message.message_id, data=data, user_id=MEMBER
@@ -193,15 +201,7 @@ async def test_stop_button_in_a_group_obeys_only_the_asker_or_an_admin(
 
 
 async def test_an_admin_may_stop_someone_elses_answer(bot: BotHarness) -> None:
-    bot.tg.register_chat(GROUP, chat_type="supergroup", title="Team")
-    bot.tg.set_admins(GROUP, [ADMIN])
-    group = {"chat_type": "supergroup", "chat_title": "Team"}
-    bot.llm.enqueue(Stream(words(100), delay=0.1))
-    bot.tg.user_message(chat_id=GROUP, text="@test_llm_bot count", user_id=ASKER, **group)
-    await bot.tg.wait_for(lambda t: bool(t.messages(GROUP)), timeout=10)
-    message = bot.tg.messages(GROUP)[0]
-    data = stop_data(message.reply_markup)
-    assert data is not None
+    message, data = await long_group_answer(bot)
     pressed = bot.tg.callback_query(
         chat_id=GROUP, message_id=message.message_id, data=data, user_id=ADMIN
     )
@@ -225,8 +225,9 @@ async def test_stop_with_edits_in_a_private_chat(harness: BotHarness) -> None:
 
 
 async def test_drafts_refused_by_the_server_fall_back_to_edits_and_are_remembered(
-    bot: BotHarness,
+    bot: BotHarness, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     bot.tg.supports_drafts = False
     bot.llm.enqueue(Stream(words(10), delay=0.3), Stream(words(6), delay=0.3))
     bot.tg.user_message(chat_id=CHAT, text="first")
@@ -235,6 +236,8 @@ async def test_drafts_refused_by_the_server_fall_back_to_edits_and_are_remembere
     bot.tg.user_message(chat_id=CHAT, text="second")
     await bot.wait_messages(CHAT, lambda t: t[-1] == "".join(words(6)).strip(), within=20)
     assert len(bot.tg.calls_to("sendMessageDraft")) == 1, "the refusal was not remembered"
+    warned = [r for r in caplog.records if "sendMessageDraft" in r.getMessage()]
+    assert [r.levelno for r in warned] == [logging.WARNING]
 
 
 async def test_the_final_message_after_drafts_survives_a_429(bot: BotHarness) -> None:

@@ -69,9 +69,7 @@ async def document(
         return
     buffer = _CappedBuffer(limit)
     try:
-        await bot.download(
-            attached.file_id, destination=buffer, timeout=DOWNLOAD_TIMEOUT_SECONDS
-        )
+        await bot.download(attached.file_id, destination=buffer, timeout=DOWNLOAD_TIMEOUT_SECONDS)
     except _TooLarge:
         await replies.text(message, _too_large(limit))
         return
@@ -83,14 +81,10 @@ async def document(
     read = await asyncio.to_thread(
         read_document, attached.file_name, attached.mime_type, buffer.getvalue(), max_bytes=limit
     )
-    if read is DocumentRefusal.TOO_LARGE:
-        await replies.text(message, _too_large(limit))
-        return
-    if read is DocumentRefusal.EMPTY:
-        await replies.text(message, _("This file has no text in it."))
-        return
     if isinstance(read, DocumentRefusal):
-        await replies.text(message, _not_text())
+        # Past the limit cannot happen here: the download stopped at it.
+        empty = read is DocumentRefusal.EMPTY
+        await replies.text(message, _("This file has no text in it.") if empty else _not_text())
         return
     text = chat_service.document_turn(read, prompt)
     writer = replies.writer(message)
