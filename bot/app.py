@@ -26,6 +26,7 @@ from bot.llm.client import LLMClient, LLMTimeouts
 from bot.llm.images import ImageClient
 from bot.llm.policy import RetryPolicy
 from bot.llm.router import Backend, BackendRouter
+from bot.llm.transcribe import TranscriptionClient
 from bot.llm.transport import backend_http_client
 from bot.services.chat import ChatConfig, ChatService
 from bot.services.directory import Directory
@@ -35,6 +36,7 @@ from bot.services.migration import ChatMigration
 from bot.services.models import ModelService
 from bot.services.tokens import TokenCounter
 from bot.services.usage import BudgetService, Limits, SettledUsage, UsagePolicy, UsageService
+from bot.services.voice import VoiceService
 from bot.telegram.alerts import OwnerAlerts
 from bot.telegram.handlers import (
     callbacks,
@@ -45,10 +47,12 @@ from bot.telegram.handlers import (
     image,
     language,
     model,
+    photos,
     status,
     stop,
     upgrades,
     usage,
+    voice,
 )
 from bot.telegram.inbox import Inbox, InboxRecorder
 from bot.telegram.lazy_types import build_hot_models, hot_methods
@@ -93,6 +97,7 @@ class Services:
     model_service: ModelService
     language_service: LanguageService
     chat_migration: ChatMigration
+    voice_service: VoiceService
 
 
 async def build_app(settings: Settings) -> App:
@@ -201,6 +206,8 @@ def build_services(
         budgets=budgets,
         context_window_for=models.context_window,
         offered_instead=models.offered_instead,
+        vision_of=models.vision,
+        vision_models=models.vision_models,
         config=ChatConfig(
             default_model=settings.llm_model,
             system_prompt=settings.system_prompt,
@@ -208,6 +215,7 @@ def build_services(
             temperature=settings.temperature,
             history_token_budget=settings.history_token_budget,
             context_window=settings.context_window,
+            keep_images=settings.vision_keep_images,
         ),
     )
     images = ImageClient(
@@ -233,8 +241,21 @@ def build_services(
             exempt_user_ids=frozenset(settings.owner_ids),
         ),
     )
+    transcriber = None
+    if settings.transcribe_model:
+        transcriber = TranscriptionClient(
+            http=http,
+            base_url=settings.llm_base_url,
+            api_key=settings.api_key(),
+            model=settings.transcribe_model,
+            timeout=settings.llm_total_timeout,
+            connect_timeout=settings.llm_connect_timeout,
+        )
     return Services(
         backends=backends,
+        voice_service=VoiceService(
+            sessions=sessions, client=transcriber, model=settings.transcribe_model
+        ),
         chat_service=chat_service,
         image_service=image_service,
         usage_service=UsageService(sessions=read_sessions, policy=policy, settled=settled),
@@ -271,7 +292,10 @@ def _usage_policy(settings: Settings) -> UsagePolicy:
 
 def build_bot(settings: Settings) -> Bot:
     """The Bot API client, with the models of the calls it makes built before the first one."""
-    session = BotSession(api=TelegramAPIServer.from_base(settings.telegram_api_url))
+    api = TelegramAPIServer.from_base(
+        settings.telegram_api_url, is_local=settings.telegram_api_local
+    )
+    session = BotSession(api=api)
     build_hot_models()
     session.pin_response_models(hot_methods())
     return Bot(token=settings.bot_token.get_secret_value(), session=session)
@@ -335,6 +359,8 @@ def build_dispatcher(
         image.build_router(),
         upgrades.build_router(),
         stop.build_router(),
+        photos.build_router(),
+        voice.build_router(),
         documents.build_router(),
         chat.build_router(),
         # Answers every button press no other router took, so no client spinner is left.

@@ -37,6 +37,9 @@ class TelegramSettings(BaseModel):
 
     bot_token: SecretStr
     telegram_api_url: str = "https://api.telegram.org"
+    # The Bot API server at TELEGRAM_API_URL runs with --local: getFile answers a path on its
+    # disk, which this machine sees at the same path (a shared volume), and files are read there.
+    telegram_api_local: bool = False
     owner_ids: IdList = []
     allowed_user_ids: IdList = []
     allowed_chat_ids: IdList = []
@@ -172,6 +175,9 @@ class LLMSettings(BaseModel):
     # for a self-hosted backend that links to another host on the LAN. The backend's own
     # origin (LLM_BASE_URL) is always allowed.
     image_fetch_allow_private: bool = False
+    # Voice messages and audio files: the model of LLM_BASE_URL's /audio/transcriptions
+    # (empty: voice is not transcribed).
+    transcribe_model: str = "whisper-1"
 
     @field_validator("llm_fallbacks", mode="before")
     @classmethod
@@ -271,6 +277,12 @@ class LimitSettings(BaseModel):
     # The largest text file (.txt, .md, .csv, code…) read into a conversation; Telegram lets
     # bots download at most 20 MB.
     document_max_bytes: int = Field(default=512 * 1024, gt=0, le=20 * 1024 * 1024)
+    # The largest PDF whose text is read (a PDF's fonts and pictures weigh more than its text).
+    pdf_max_bytes: int = Field(default=10 * 1024 * 1024, gt=0, le=20 * 1024 * 1024)
+    # The largest photo or image file sent to a vision model, and whether later requests carry
+    # earlier images again (off: history keeps a short placeholder in their place).
+    vision_max_bytes: int = Field(default=5 * 1024 * 1024, gt=0, le=20 * 1024 * 1024)
+    vision_keep_images: bool = False
     # Budgets for each user and for the whole bot; empty or 0 means unlimited. Owners are never
     # stopped. Days and months begin at midnight in USAGE_TIMEZONE (an IANA name).
     user_daily_tokens: int | None = Field(default=None, ge=0)
@@ -322,6 +334,7 @@ class PriceSettings(BaseModel):
     price_prompt_per_million: float = Field(default=0.0, ge=0)
     price_completion_per_million: float = Field(default=0.0, ge=0)
     price_per_image: float = Field(default=0.0, ge=0)
+    price_per_audio_minute: float = Field(default=0.0, ge=0)
     model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = {}
 
     @field_validator("model_prices", mode="before")
@@ -342,7 +355,7 @@ class PriceSettings(BaseModel):
             if unknown:
                 raise ValueError(
                     f"{model!r} has unknown field {', '.join(unknown)}; "
-                    "use prompt, completion and image"
+                    "use prompt, completion, image and audio_minute"
                 )
             for name, amount in price.items():
                 if isinstance(amount, bool) or not isinstance(amount, int | float) or amount < 0:
@@ -355,12 +368,14 @@ class PriceSettings(BaseModel):
             prompt_per_million=self.price_prompt_per_million,
             completion_per_million=self.price_completion_per_million,
             per_image=self.price_per_image,
+            per_audio_minute=self.price_per_audio_minute,
         )
         models = {
             model: Price(
                 prompt_per_million=price.get("prompt", default.prompt_per_million),
                 completion_per_million=price.get("completion", default.completion_per_million),
                 per_image=price.get("image", default.per_image),
+                per_audio_minute=price.get("audio_minute", default.per_audio_minute),
             )
             for model, price in self.model_prices.items()
         }
@@ -414,7 +429,7 @@ def _http_url(value: str) -> str:
     return value
 
 
-PRICE_FIELDS = frozenset({"prompt", "completion", "image"})
+PRICE_FIELDS = frozenset({"prompt", "completion", "image", "audio_minute"})
 
 
 def load_timezone(name: str) -> tzinfo:

@@ -1,4 +1,4 @@
-"""Prices of model requests: per million prompt and completion tokens, and per image."""
+"""Prices of model requests: per million tokens, per image and per minute of transcribed audio."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 MILLION = 1_000_000
+SECONDS_PER_MINUTE = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,19 +16,31 @@ class Price:
     prompt_per_million: float = 0.0
     completion_per_million: float = 0.0
     per_image: float = 0.0
+    per_audio_minute: float = 0.0  # speech to text, per minute of audio (by the second)
 
     @property
     def is_free(self) -> bool:
         """True when nothing this model does costs anything."""
-        return not (self.prompt_per_million or self.completion_per_million or self.per_image)
+        return not (
+            self.prompt_per_million
+            or self.completion_per_million
+            or self.per_image
+            or self.per_audio_minute
+        )
 
-    def cost(self, *, prompt_tokens: int, completion_tokens: int, images: int) -> float:
+    def cost(
+        self, *, prompt_tokens: int, completion_tokens: int, images: int, audio_seconds: int = 0
+    ) -> float:
         """The cost of the given amounts."""
         per_million = (
             prompt_tokens * self.prompt_per_million
             + completion_tokens * self.completion_per_million
         )
-        return per_million / MILLION + images * self.per_image
+        return (
+            per_million / MILLION
+            + images * self.per_image
+            + audio_seconds * self.per_audio_minute / SECONDS_PER_MINUTE
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -138,8 +139,24 @@ class Turn(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=_NOW)
 
 
+class TurnImage(Base):
+    """The picture a user's turn carried, kept only when VISION_KEEP_IMAGES is on."""
+
+    __tablename__ = "turn_images"
+
+    turn_id: Mapped[int] = mapped_column(
+        AutoId, ForeignKey("turns.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    mime_type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class UsageRecord(Base):
-    """One model request, kept for usage statistics; costs are derived from it at query time."""
+    """One model request, kept for usage statistics; costs are derived from it at query time.
+
+    Kinds: 'chat' (tokens), 'image' (images, and tokens where the backend reports them) and
+    'transcription' (seconds of audio; no tokens or images).
+    """
 
     __tablename__ = "usage_records"
     __table_args__ = (
@@ -147,7 +164,7 @@ class UsageRecord(Base):
         Index(None, "user_id", "created_at"),
         Index(None, "chat_id", "created_at"),
         Index(None, "model", "created_at"),
-        CheckConstraint("kind IN ('chat', 'image')", name="kind"),
+        CheckConstraint("kind IN ('chat', 'image', 'transcription')", name="kind"),
         CheckConstraint("status IN ('ok', 'error', 'interrupted')", name="status"),
     )
 
@@ -172,6 +189,10 @@ class UsageRecord(Base):
     # The backend that answered (or whose failure the user was told of), by its name; NULL in
     # rows from before 0005.
     backend: Mapped[str | None] = mapped_column(String(BACKEND_NAME_MAX_LENGTH))
+    # Transcriptions: the seconds of audio transcribed, priced per minute; 0 for other kinds.
+    # Only a server default: an INSERT that leaves it out (as one written for the schema before
+    # 0007 does) stores 0.
+    audio_seconds: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class InboxUpdate(Base):

@@ -40,22 +40,26 @@ from bot.db.models import (
     Chat,
     InboxUpdate,
     Turn,
+    TurnImage,
     UsageRecord,
     User,
     utcnow,
 )
+from bot.pictures import Picture
 
 CHATS = cast(Table, Chat.__table__)
 USERS = cast(Table, User.__table__)
 TURNS = cast(Table, Turn.__table__)
+TURN_IMAGES = cast(Table, TurnImage.__table__)
 USAGE_RECORDS = cast(Table, UsageRecord.__table__)
 INBOX = cast(Table, InboxUpdate.__table__)
 
 TURN_ROLES = frozenset({"user", "assistant"})
-USAGE_KINDS = frozenset({"chat", "image"})
+USAGE_KINDS = frozenset({"chat", "image", "transcription"})
 USAGE_STATUSES = frozenset({"ok", "error", "interrupted"})
-# The most tokens (or images) one usage record may hold per column; the LLM client already
-# refuses larger figures from backends (bot.llm.dialects.MAX_USAGE_TOKENS, the same number).
+# The most tokens (or images, or seconds of audio) one usage record may hold per column; the
+# LLM client already refuses larger token figures from backends (bot.llm.dialects.
+# MAX_USAGE_TOKENS, the same number).
 # Every stored figure within [0, MAX_USAGE_COUNT] keeps the columns (INTEGER, 32-bit on
 # PostgreSQL) and every SUM over them far from overflowing: see bot.db.usage_queries.
 MAX_USAGE_COUNT = 10_000_000
@@ -111,6 +115,7 @@ class TurnRecord:
     author_name: str | None
     tokens: int
     interrupted: bool
+    image: Picture | None = None  # read only when asked for (VISION_KEEP_IMAGES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,11 +129,18 @@ class NewTurn:
     author_name: str | None = None
     interrupted: bool = False
     telegram_message_id: int | None = None
+    # A picture to keep with a user's turn (VISION_KEEP_IMAGES); needs telegram_message_id.
+    image: Picture | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class NewUsage:
-    """One model request to be recorded for usage statistics."""
+    """One model request to be recorded for usage statistics.
+
+    Kinds: "chat" and "image" count tokens (and images); "transcription" (speech to text) counts
+    the seconds of audio transcribed, with `model` the transcription model and no tokens or
+    images, so that it weighs on cost budgets and not on token budgets.
+    """
 
     user_id: int | None
     chat_id: int
@@ -144,6 +156,7 @@ class NewUsage:
     images: int = 0
     size: str | None = None
     backend: str | None = None  # the backend's name, where several are configured
+    audio_seconds: int = 0  # transcriptions: the length of the audio, in whole seconds
 
 
 # The statements run for every message are built once, with their values bound at execution:
@@ -161,6 +174,21 @@ _HAS_MESSAGE = select(
     )
 )
 _ADD_TURNS = insert(TURNS)
+# A kept picture goes with its turn, found by the Telegram message it came in.
+_ADD_TURN_IMAGE = insert(TURN_IMAGES).from_select(
+    ["turn_id", "mime_type", "data"],
+    select(
+        TURNS.c.id,
+        bindparam("mime_type", type_=TURN_IMAGES.c.mime_type.type),
+        bindparam("data", type_=TURN_IMAGES.c.data.type),
+    ).where(
+        TURNS.c.chat_id == bindparam("chat_id"),
+        TURNS.c.telegram_message_id == bindparam("message_id"),
+    ),
+)
+_TURN_IMAGES_OF = select(TURN_IMAGES.c.turn_id, TURN_IMAGES.c.mime_type, TURN_IMAGES.c.data).where(
+    TURN_IMAGES.c.turn_id.in_(bindparam("turn_ids", expanding=True))
+)
 _ADD_USAGE = insert(USAGE_RECORDS)
 _TURN_COLUMNS = (
     TURNS.c.id,
@@ -469,9 +497,19 @@ class TurnRepository:
         """Append each (chat id, turns) pair's turns to that chat, in one statement for all."""
         now = utcnow()
         rows = []
+        images = []
         for chat_id, turns in histories:
             for turn in turns:
                 _check_turn(turn)
+                if turn.image is not None:
+                    images.append(
+                        {
+                            "chat_id": chat_id,
+                            "message_id": turn.telegram_message_id,
+                            "mime_type": turn.image.mime_type,
+                            "data": turn.image.data,
+                        }
+                    )
                 rows.append(
                     {
                         "chat_id": chat_id,
@@ -488,6 +526,8 @@ class TurnRepository:
         if rows:
             # A plain executemany inserts the rows one after another, so ids follow list order.
             await self._session.execute(_ADD_TURNS, rows)
+        for image in images:
+            await self._session.execute(_ADD_TURN_IMAGE, image)
 
     async def recent(
         self,
@@ -497,8 +537,10 @@ class TurnRepository:
         token_budget: int | None = None,
         overhead: int = 0,
         before: int | None = None,
+        images: bool = False,
     ) -> list[TurnRecord]:
-        """Return the chat's newest `limit` turns, oldest first.
+        """Return the chat's newest `limit` turns, oldest first (with their kept pictures, if
+        `images`).
 
         With `token_budget`, only the newest of them whose `tokens + overhead` add up to at most
         the budget: older turns cannot fit a prompt that size, so their text is not even read.
@@ -517,6 +559,13 @@ class TurnRepository:
         elif before is not None:
             raise ValueError("`before` needs a token budget")
         rows = (await self._session.execute(stmt, params)).all()
+        pictures: dict[int, Picture] = {}
+        asked = [row.id for row in rows if row.role == "user"] if images else []
+        if asked:
+            found = await self._session.execute(_TURN_IMAGES_OF, {"turn_ids": asked})
+            pictures = {
+                row.turn_id: Picture(mime_type=row.mime_type, data=row.data) for row in found
+            }
         return [
             TurnRecord(
                 id=row.id,
@@ -526,6 +575,7 @@ class TurnRepository:
                 author_name=row.author_name,
                 tokens=row.tokens,
                 interrupted=row.interrupted,
+                image=pictures.get(row.id),
             )
             for row in reversed(rows)
         ]
@@ -579,6 +629,7 @@ def _usage_row(record: NewUsage, now: datetime) -> dict[str, Any]:
         "latency_ms": record.latency_ms,
         "size": record.size,
         "backend": record.backend[:BACKEND_NAME_MAX_LENGTH] if record.backend else None,
+        "audio_seconds": _bounded_count("audio_seconds", record.audio_seconds),
         "created_at": now,
     }
 
@@ -590,6 +641,8 @@ def _check_turn(turn: NewTurn) -> None:
         raise ValueError("turn content must not be empty")
     if turn.tokens < 0:
         raise ValueError(f"turn tokens must not be negative, got {turn.tokens}")
+    if turn.image is not None and turn.telegram_message_id is None:
+        raise ValueError("a turn's picture needs the Telegram message it came in")
 
 
 class UsageRepository:

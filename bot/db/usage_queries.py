@@ -8,7 +8,8 @@ of the table and prefers scanning the whole `(model, created_at)` or `(user_id, 
 index to avoid sorting for GROUP BY; a two-sided range is estimated small enough to be used.
 
 No sum here needs a cast to stay clear of overflow, because every stored count is within
-[0, 10**7] (UsageRepository clamps, migration 0003 repaired older rows). The columns are
+[0, 10**7] (UsageRepository clamps, migration 0003 repaired older rows; `audio_seconds`, since
+0007, has only ever been written through the repository). The columns are
 INTEGER: on PostgreSQL the per-row `prompt_tokens + completion_tokens` is int4 arithmetic and
 at most 2 * 10**7, well below 2**31, and SUM(int4) is a bigint; on SQLite both are 64-bit and
 SUM raises "integer overflow" only past 2**63. Either way a sum overflows only after some
@@ -25,7 +26,7 @@ from sqlalchemy import ColumnElement, Float, Select, and_, case, desc, func, lit
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.db.models import Chat, UsageRecord, User
-from bot.pricing import MILLION, PriceList
+from bot.pricing import MILLION, SECONDS_PER_MINUTE, PriceList
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,8 @@ class UsageSums:
     images: int
     # Records whose tokens were counted by the bot because the backend reported none.
     estimated_requests: int
+    # Seconds of audio transcribed.
+    audio_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class RankedUsage:
     tokens: int
     images: int
     cost: float
+    audio_seconds: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +97,8 @@ def _cost_per_million(prices: PriceList) -> ColumnElement[Any]:
         UsageRecord.prompt_tokens * _price_of(prices, "prompt_per_million")
         + UsageRecord.completion_tokens * _price_of(prices, "completion_per_million")
         + UsageRecord.images * _price_of(prices, "per_image", MILLION)
+        + UsageRecord.audio_seconds
+        * _price_of(prices, "per_audio_minute", MILLION / SECONDS_PER_MINUTE)
     )
 
 
@@ -125,6 +131,7 @@ class UsageQueries:
             func.coalesce(func.sum(record.completion_tokens), 0).label("completion_tokens"),
             func.coalesce(func.sum(record.images), 0).label("images"),
             func.coalesce(func.sum(estimated), 0).label("estimated"),
+            func.coalesce(func.sum(record.audio_seconds), 0).label("audio_seconds"),
         ).group_by(record.model, record.backend)
         if user_id is not None:
             stmt = stmt.where(record.user_id == user_id)
@@ -141,6 +148,7 @@ class UsageQueries:
                     completion_tokens=int(row.completion_tokens),
                     images=int(row.images),
                     estimated_requests=int(row.estimated),
+                    audio_seconds=int(row.audio_seconds),
                 ),
             )
             for row in rows
@@ -194,6 +202,7 @@ class UsageQueries:
                 func.count().label("requests"),
                 func.sum(record.prompt_tokens + record.completion_tokens).label("tokens"),
                 func.sum(record.images).label("images"),
+                func.sum(record.audio_seconds).label("audio_seconds"),
                 func.sum(_cost_per_million(prices)).label("cost"),
             )
             .where(key.is_not(None))
@@ -246,4 +255,5 @@ def _ranked_usage(row: Any) -> RankedUsage:
         tokens=int(row.tokens or 0),
         images=int(row.images or 0),
         cost=float(row.cost or 0) / MILLION,
+        audio_seconds=int(row.audio_seconds or 0),
     )

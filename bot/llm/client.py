@@ -272,7 +272,7 @@ def _chat_payload(
 ) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "model": model,
-        "messages": [{"role": m.role, "content": m.content} for m in messages],
+        "messages": [_message(m) for m in messages],
         "stream": True,
         "stream_options": {"include_usage": True},
     }
@@ -281,3 +281,16 @@ def _chat_payload(
     if temperature is not None:
         payload["temperature"] = temperature
     return payload
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """A message as OpenAI's chat API takes it: with pictures, a list of content parts."""
+    if not message.images:
+        return {"role": message.role, "content": message.content}
+    parts: list[dict[str, Any]] = []
+    if message.content:
+        parts.append({"type": "text", "text": message.content})
+    parts.extend(
+        {"type": "image_url", "image_url": {"url": image.data_url()}} for image in message.images
+    )
+    return {"role": message.role, "content": parts}

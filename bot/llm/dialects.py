@@ -435,7 +435,30 @@ def _model_info(model_id: str, entry: dict[str, Any]) -> ModelInfo:
         context_tokens=context,
         available=available if isinstance(available, bool) else True,
         kind=_KIND_BY_MODE.get(mode) if isinstance(mode, str) else None,
+        vision=_vision(entry),
     )
+
+
+def _vision(entry: dict[str, Any]) -> bool | None:
+    """Whether a model list entry says the model reads pictures; None where it does not say.
+
+    LiteLLM's model info says `supports_vision`; OpenRouter lists `architecture.
+    input_modalities`; Ollama and some proxies list `capabilities` ("vision").
+    """
+    for holder in (entry, entry.get("model_info")):
+        if isinstance(holder, dict) and isinstance(holder.get("supports_vision"), bool):
+            return bool(holder["supports_vision"])
+    architecture = entry.get("architecture")
+    if isinstance(architecture, dict):
+        modalities = architecture.get("input_modalities")
+        if isinstance(modalities, list):
+            return "image" in modalities
+    capabilities = entry.get("capabilities")
+    if isinstance(capabilities, list) and capabilities:
+        return "vision" in capabilities
+    if isinstance(capabilities, dict) and isinstance(capabilities.get("vision"), bool):
+        return bool(capabilities["vision"])
+    return None
 
 
 # -- JSON values ---------------------------------------------------------------------------------

@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from bot.pictures import Picture
+
 Role = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One message of the prompt sent to the backend."""
+    """One message of the prompt sent to the backend; a user's may carry pictures."""
 
     role: Role
     content: str
+    images: tuple[Picture, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +61,4 @@ class ModelInfo:
     available: bool = True
     kind: str | None = None  # "chat", "image", "embedding", "audio" when the backend says
     backend: str | None = None  # set where only a fallback backend lists it (its name)
+    vision: bool | None = None  # reads pictures, where the backend says (None: not said)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from bot.llm.errors import (
 )
 from bot.llm.router import BackendRouter
 from bot.llm.types import ChatMessage, Role, StreamEnd, TextDelta, Usage
+from bot.pictures import IMAGE_TOKENS, Picture, with_placeholder
 from bot.services.directory import Directory
 from bot.services.documents import TextDocument, trim_to_tokens, wrap
 from bot.services.sink import ReplySink
@@ -68,11 +70,21 @@ class ChatRequest:
     language_code: str | None
     text: str
     message_id: int | None = None
+    # A picture for a vision model, and the name of the file it came in (None for a photo).
+    image: Picture | None = None
+    image_name: str | None = None
 
     @property
     def is_group(self) -> bool:
         """True in groups and supergroups."""
         return self.chat_type in GROUP_TYPES
+
+    @property
+    def stored_text(self) -> str:
+        """The user's turn as history keeps it: a picture leaves a placeholder in the text."""
+        if self.image is None:
+            return self.text
+        return with_placeholder(self.text, self.image_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +98,7 @@ class ChatConfig:
     history_token_budget: int
     context_window: int
     history_max_turns: int = 400
+    keep_images: bool = False  # later requests carry earlier pictures again
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +162,18 @@ class ChatService:
         directory: Directory | None = None,
         read_sessions: async_sessionmaker[AsyncSession] | None = None,
         offered_instead: Callable[[str], Awaitable[list[str]]] | None = None,
+        vision_of: Callable[[str], bool | None] | None = None,
+        vision_models: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         """`read_sessions`: read-only sessions for reads that write nothing (else `sessions`).
 
         `offered_instead(model)`: the models on offer once the backend said it has no `model`.
+        `vision_of(model)`: whether the backend's list says the model reads pictures (None:
+        it does not say); `vision_models()`: the models on offer that do.
         """
         self._offered_instead = offered_instead
+        self._vision_of = vision_of
+        self._vision_models = vision_models
         self._sessions = sessions
         self._read_sessions = read_sessions or sessions
         # Every finished answer's rows go through it, committed together with other chats'.
@@ -220,6 +239,11 @@ class ChatService:
         self, request: ChatRequest, loaded: _Loaded, sink: ReplySink
     ) -> ReplyOutcome:
         model = loaded.model
+        images = self._user_images(request, loaded)
+        if images and self._vision_of is not None and self._vision_of(model) is False:
+            # The backend's own list says so: no call is made, nothing is stored.
+            await sink.fail(await self._no_vision(model))
+            return ReplyOutcome(status="rejected", model=model)
         prompt = await self._prompt_or_refuse(request, loaded, sink)
         if prompt is None:
             return ReplyOutcome(status="rejected", model=model)
@@ -231,6 +255,7 @@ class ChatService:
                 model=model,
                 history=loaded.history,
                 user_content=self._user_content(request, loaded),
+                user_images=images,
                 is_group=request.is_group,
                 budget=self._budget(model) // 2,
             )
@@ -246,7 +271,7 @@ class ChatService:
         outcome = self._outcome(model, prompt, streamed)
         saved = await self._save(request, loaded, outcome, streamed.failure)
         self._log(request, outcome, streamed)
-        await self._show_end(sink, outcome, streamed.failure, saved=saved)
+        await self._show_end(sink, outcome, streamed.failure, saved=saved, images=bool(images))
         if isinstance(streamed.failure, asyncio.CancelledError):
             raise streamed.failure
         return outcome
@@ -266,6 +291,7 @@ class ChatService:
             model=loaded.model,
             history=loaded.history,
             user_content=self._user_content(request, loaded),
+            user_images=self._user_images(request, loaded),
             is_group=request.is_group,
         )
         if isinstance(prompt, int):
@@ -403,6 +429,7 @@ class ChatService:
         failure: BaseException | None,
         *,
         saved: bool,
+        images: bool = False,
     ) -> None:
         """Deliver the final text, with a note when it was cut, interrupted or not kept."""
         if outcome.status == "error" or not outcome.answer.strip():
@@ -414,7 +441,7 @@ class ChatService:
                     "The model returned an empty answer. Please try rephrasing your message."
                 )
             else:
-                message = await self._describe(failure, model=outcome.model)
+                message = await self._describe(failure, model=outcome.model, images=images)
             await sink.fail(message)
             return
         notes: list[str] = []
@@ -428,8 +455,13 @@ class ChatService:
         mark = _("⏹ stopped") if outcome.status == "stopped" else None
         await sink.finish(note="\n".join(notes) or None, mark=mark)
 
-    async def _describe(self, failure: BaseException | None, *, model: str) -> str:
-        """What went wrong, for the user; a missing model comes with the ones on offer."""
+    async def _describe(
+        self, failure: BaseException | None, *, model: str, images: bool = False
+    ) -> str:
+        """What went wrong, for the user; a missing model comes with the ones on offer, a
+        picture the model cannot read with the models that can."""
+        if images and refuses_pictures(failure):
+            return await self._no_vision(model)
         message = describe_error(failure, model=model)
         if isinstance(failure, LLMNotFoundError) and self._offered_instead is not None:
             offered = await self._offered_instead(model)
@@ -438,6 +470,21 @@ class ChatService:
                 if len(offered) > OFFERED_SHOWN:
                     shown += ", …"
                 message += "\n" + _("Models on offer: {models}").format(models=shown)
+        return message
+
+    async def _no_vision(self, model: str) -> str:
+        """The model cannot read pictures: say so, naming models on offer that can."""
+        message = _(
+            "The model “{model}” cannot read pictures, so I did not send yours. Send /model to "
+            "choose one that can."
+        ).format(model=model)
+        offered = await self._vision_models() if self._vision_models is not None else []
+        offered = [m for m in offered if m != model]
+        if offered:
+            shown = ", ".join(offered[:OFFERED_SHOWN])
+            if len(offered) > OFFERED_SHOWN:
+                shown += ", …"
+            message += "\n" + _("Models that read pictures: {models}").format(models=shown)
         return message
 
     async def _load(self, request: ChatRequest, *, retry: bool = False) -> _Loaded | None:
@@ -528,6 +575,7 @@ class ChatService:
             token_budget=self._budget(model),
             overhead=PER_MESSAGE_OVERHEAD,
             before=before,
+            images=self._config.keep_images,
         )
 
     def _remember(self, loaded: _Loaded) -> None:
@@ -565,6 +613,12 @@ class ChatService:
     def _system_prompt(self, is_group: bool) -> str:
         return self._config.system_prompt + (GROUP_PROMPT if is_group else "")
 
+    def _user_images(self, request: ChatRequest, loaded: _Loaded) -> tuple[Picture, ...]:
+        """The pictures of the message answered: the request's, or the retried question's."""
+        if loaded.question is not None:
+            return (loaded.question.image,) if loaded.question.image is not None else ()
+        return (request.image,) if request.image is not None else ()
+
     def _user_content(self, request: ChatRequest, loaded: _Loaded) -> str:
         if loaded.question is not None:
             return self._turn_content(loaded.question)
@@ -579,6 +633,7 @@ class ChatService:
         history: Sequence[TurnRecord],
         user_content: str,
         is_group: bool,
+        user_images: tuple[Picture, ...] = (),
         budget: int | None = None,
     ) -> list[ChatMessage] | int:
         """System prompt, then the newest turns that fit the budget, then the new message.
@@ -589,7 +644,7 @@ class ChatService:
         budget = self._budget(model) if budget is None else budget
         system = self._system_prompt(is_group)
         used = self._tokens.count_message(system) + REPLY_PRIMING
-        new_cost = self._tokens.count_message(user_content)
+        new_cost = self._tokens.count_message(user_content) + IMAGE_TOKENS * len(user_images)
         if used + new_cost > budget:
             return new_cost
         used += new_cost
@@ -604,7 +659,9 @@ class ChatService:
                 break
             used += cost
             role: Role = "user" if turn.role == "user" else "assistant"
-            kept.append(ChatMessage(role=role, content=content))
+            # A kept picture's tokens are part of its turn's stored count.
+            images = (turn.image,) if turn.image is not None else ()
+            kept.append(ChatMessage(role=role, content=content, images=images))
         kept.reverse()
         # Many backends require the conversation to start with a user turn.
         while kept and kept[0].role != "user":
@@ -612,7 +669,7 @@ class ChatService:
         return [
             ChatMessage(role="system", content=system),
             *kept,
-            ChatMessage(role="user", content=user_content),
+            ChatMessage(role="user", content=user_content, images=user_images),
         ]
 
     def _turn_content(self, turn: TurnRecord) -> str:
@@ -647,14 +704,19 @@ class ChatService:
         answer = outcome.answer if outcome.answer.strip() else ""
         turns = []
         if answer and loaded.question is None:
+            content = request.stored_text
+            kept = request.image if self._config.keep_images else None
+            if request.message_id is None:
+                kept = None  # a kept picture is found by its message
             turns.append(
                 NewTurn(
                     role="user",
-                    content=request.text,
-                    tokens=self._tokens.count(request.text),
+                    content=content,
+                    tokens=self._tokens.count(content) + (IMAGE_TOKENS if kept else 0),
                     author_id=request.user_id,
                     author_name=request.user_full_name if request.is_group else None,
                     telegram_message_id=request.message_id,
+                    image=kept,
                 )
             )
         if answer:
@@ -753,6 +815,21 @@ def _interruption_reason(failure: BaseException | None) -> str:
     if isinstance(failure, LLMResponseTooLargeError):
         return _("the AI backend sent more than the bot can take")
     return _("the AI backend reported an error")
+
+
+# How backends word a refusal of pictures: OpenAI ("image_url is only supported by certain
+# models"), vLLM ("is not a multimodal model", "At most 0 image(s)"), Ollama and LiteLLM
+# ("does not support images", "vision").
+_PICTURE_REFUSAL = re.compile(r"image|vision|multi-?modal", re.IGNORECASE)
+
+
+def refuses_pictures(failure: BaseException | None) -> bool:
+    """True if the backend's error says the model does not take pictures."""
+    if not isinstance(failure, LLMHTTPError) or isinstance(
+        failure, (LLMAuthError, LLMRateLimitError, LLMContextLengthError)
+    ):
+        return False
+    return failure.status < 500 and bool(_PICTURE_REFUSAL.search(failure.message))
 
 
 def describe_error(failure: BaseException | None, *, model: str) -> str:

@@ -7,19 +7,36 @@ MIME type and bytes to `read_document`, trims the text to the token budget with
 Decoding order: a byte order mark decides (UTF-8, UTF-16, UTF-32); otherwise strict UTF-8;
 otherwise charset_normalizer's guess, accepted only if it decodes strictly and the result looks
 like text. Data with NUL bytes and no UTF-16/32 byte order mark is binary (executables, archives,
-images, PDFs all have them), so is text with too many control characters.
+images all have them), so is text with too many control characters.
+
+PDFs (a .pdf name or application/pdf, confirmed by the %PDF- header) are read with pypdf: the
+text of their pages in order, at most PDF_MAX_PAGES pages, under limits that keep a hostile file
+(streams that inflate to gigabytes, a form parsed thousands of times) from taking all memory or
+holding the thread for long.
 """
 
 from __future__ import annotations
 
 import codecs
 import enum
+import io
+import logging
 import re
+import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import charset_normalizer
+import pypdf
+from pypdf.errors import DependencyError, LimitReachedError, PyPdfError
+from pypdf.generic import ArrayObject, DictionaryObject, IndirectObject, StreamObject
+
+logger = logging.getLogger(__name__)
+
+# pypdf tells how it coped with a malformed file in warnings that quote the file's own bytes
+# (names, strings, whole dictionaries); the bot's log never holds file content.
+logging.getLogger("pypdf").setLevel(logging.CRITICAL + 1)
 
 DEFAULT_DOCUMENT_MAX_BYTES = 512 * 1024
 
@@ -43,6 +60,40 @@ TEXT_MIME_TYPES: frozenset[str] = frozenset(
         "application/x-sh",
         "application/javascript",
     }
+)
+
+PDF_EXTENSION = ".pdf"
+PDF_MIME_TYPE = "application/pdf"
+# A PDF starts with this header; readers accept it anywhere in the first kilobyte.
+PDF_MAGIC = b"%PDF-"
+PDF_MAGIC_WINDOW = 1024
+# Pages of a PDF whose text is read, from the first.
+PDF_MAX_PAGES = 200
+# Reading stops after the page that brings the text past this many characters per byte of the
+# document limit (max_bytes)…
+PDF_TEXT_CHARS_PER_BYTE = 4
+# …and before a page that brings the inflated streams text extraction may read (contents, form
+# XObjects, font maps, counted once each) past this many bytes per byte of the limit.
+PDF_INFLATED_BYTES_PER_BYTE = 8
+# The most one stream may inflate to (pypdf's own default is 75 MB); a page with a larger one
+# ends the reading.
+PDF_STREAM_MAX_BYTES = 16 * 1024 * 1024
+# pypdf's limits while a PDF is read, applied to that call only (pypdf keeps them in a context
+# variable). Made at import, so that a pypdf without these settings fails at start.
+_PDF_CONFIGURATION = pypdf.Configuration().with_overwrites(
+    zlib_maximum_output_length=PDF_STREAM_MAX_BYTES,
+    lzw_maximum_output_length=PDF_STREAM_MAX_BYTES,
+    run_length_maximum_output_length=PDF_STREAM_MAX_BYTES,
+    brotli_maximum_output_length=PDF_STREAM_MAX_BYTES,
+    array_based_stream_maximum_output_length=PDF_STREAM_MAX_BYTES,
+)
+# CPU seconds (of the reading thread) after which reading stops, the page under way dropped: a
+# 1 KB PDF can have pypdf parse the same inflated form XObject thousands of times per page.
+PDF_MAX_CPU_SECONDS = 30.0
+# Keys not followed when counting what a page's text extraction may inflate: the page tree,
+# annotations, thumbnails, metadata and font programs pypdf does not decode to extract text.
+_UNREAD_PDF_KEYS = frozenset(
+    {"/Parent", "/Annots", "/Thumb", "/B", "/Metadata", "/FontFile2", "/FontFile3"}
 )
 
 NAME_MAX_CHARS = 100
@@ -99,7 +150,18 @@ class TextDocument:
 
     name: str  # safe for display: no control characters, at most NAME_MAX_CHARS
     text: str  # newlines normalised to \n
-    encoding: str  # Python codec name, e.g. "utf-8", "utf-16", "cp1251"
+    encoding: str  # Python codec name, e.g. "utf-8", "utf-16", "cp1251"; "pdf" for a PDF's text
+    pages_read: int | None = None  # a PDF: how many pages (from the first) the text comes from
+    pages_total: int | None = None  # a PDF: how many pages it has
+
+    @property
+    def pages_cut(self) -> bool:
+        """True for a PDF whose later pages were not read."""
+        return (
+            self.pages_read is not None
+            and self.pages_total is not None
+            and self.pages_read < self.pages_total
+        )
 
 
 class DocumentRefusal(enum.Enum):
@@ -108,6 +170,9 @@ class DocumentRefusal(enum.Enum):
     NOT_TEXT = "not_text"  # extension/MIME not text-like, or the content is binary
     TOO_LARGE = "too_large"  # over the byte limit
     EMPTY = "empty"  # nothing but whitespace after decoding
+    ENCRYPTED = "encrypted"  # a PDF that does not open without a password
+    UNREADABLE = "unreadable"  # a PDF too broken (or too hostile) to read
+    NO_TEXT = "no_text"  # a PDF without extractable text, e.g. scanned pages
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,12 +196,23 @@ def _mime_essence(mime_type: str) -> str:
     return mime_type.split(";", 1)[0].strip().lower()
 
 
-def accepts(file_name: str | None, mime_type: str | None) -> bool:
-    """True when the file's extension or MIME type says it is a text document.
+def is_pdf(file_name: str | None, mime_type: str | None) -> bool:
+    """True when the file's extension is .pdf or its MIME type application/pdf (both
+    case-insensitive, MIME parameters ignored)."""
+    if file_name and _extension(file_name) == PDF_EXTENSION:
+        return True
+    return mime_type is not None and _mime_essence(mime_type) == PDF_MIME_TYPE
 
-    The extension must be in TEXT_EXTENSIONS (case-insensitive); the MIME type must be text/*
-    or one of TEXT_MIME_TYPES (case-insensitive, parameters like '; charset=utf-8' ignored).
+
+def accepts(file_name: str | None, mime_type: str | None) -> bool:
+    """True when the file's extension or MIME type says it is a text document or a PDF.
+
+    The extension must be in TEXT_EXTENSIONS or .pdf (case-insensitive); the MIME type must be
+    text/*, one of TEXT_MIME_TYPES or application/pdf (case-insensitive, parameters like
+    '; charset=utf-8' ignored).
     """
+    if is_pdf(file_name, mime_type):
+        return True
     if file_name and _extension(file_name) in TEXT_EXTENSIONS:
         return True
     if not mime_type:
@@ -216,6 +292,157 @@ def _decode(data: bytes) -> tuple[str, str] | None:
     return _guess(data)
 
 
+def _paired_surrogates(text: str) -> str:
+    """`text` with surrogate halves paired into characters and lone ones replaced by U+FFFD
+    (a PDF's broken font map can yield them; they cannot be encoded as UTF-8)."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _has_pdf_header(data: bytes, *, anywhere_in_window: bool) -> bool:
+    """True when the data starts with PDF_MAGIC, or has it within the first PDF_MAGIC_WINDOW
+    bytes when `anywhere_in_window`."""
+    if anywhere_in_window:
+        return PDF_MAGIC in data[:PDF_MAGIC_WINDOW]
+    return data.startswith(PDF_MAGIC)
+
+
+@dataclass(frozen=True, slots=True)
+class _PdfText:
+    """The text of a PDF's first `pages_read` pages (of `pages_total`)."""
+
+    text: str
+    pages_read: int
+    pages_total: int
+
+
+_PdfRef = tuple[int, int]  # (object number, generation) of an indirect object
+
+
+def _inflated_bytes(page: DictionaryObject, seen: set[_PdfRef], *, room: int) -> int:
+    """Bytes of the streams reachable from `page` that text extraction may read (contents, form
+    XObjects, font maps), inflating them; pypdf keeps them, so extraction does not inflate them
+    again. Raises LimitReachedError as soon as they pass `room` bytes.
+
+    Objects in `seen` are skipped and the new ones added, so a font or form that pages share
+    counts once. Images and the keys in _UNREAD_PDF_KEYS are not followed.
+    """
+    total = 0
+    pending: list[object] = [page]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, IndirectObject):
+            ref = (item.idnum, item.generation)
+            if ref in seen:
+                continue
+            seen.add(ref)
+            item = item.get_object()
+        if isinstance(item, ArrayObject):
+            pending.extend(item)
+        elif isinstance(item, DictionaryObject):
+            if isinstance(item, StreamObject):
+                if item.get("/Subtype") == "/Image":
+                    continue
+                total += len(item.get_data())
+                if total > room:
+                    raise LimitReachedError("the inflated streams are past the budget")
+            pending.extend(value for key, value in item.items() if key not in _UNREAD_PDF_KEYS)
+    return total
+
+
+class _OutOfTime(Exception):
+    """The CPU time for reading a PDF ran out (PDF_MAX_CPU_SECONDS)."""
+
+
+def _page_text(page: pypdf.PageObject, *, deadline: float) -> str:
+    """The page's text, stripped; raises _OutOfTime when `deadline` (a time.thread_time() value)
+    has passed before the page or at any operator of its content streams."""
+
+    def check_time(*_: object) -> None:
+        if time.thread_time() > deadline:
+            raise _OutOfTime
+
+    check_time()
+    return page.extract_text(visitor_operand_before=check_time).strip()
+
+
+def _pdf_pages_text(
+    reader: pypdf.PdfReader, *, max_chars: int, max_inflated: int
+) -> _PdfText | DocumentRefusal:
+    """The text of the reader's pages in order, page texts apart by a blank line.
+
+    At most PDF_MAX_PAGES pages; reading ends after the page that brings the text past
+    `max_chars` characters, and before a page that brings the inflated streams past
+    `max_inflated` bytes, has a stream past pypdf's limits or is not read within
+    PDF_MAX_CPU_SECONDS (UNREADABLE if that is the first).
+    """
+    deadline = time.thread_time() + PDF_MAX_CPU_SECONDS
+    pages = reader.pages
+    total = len(pages)
+    texts: list[str] = []
+    chars = inflated = read = 0
+    seen: set[_PdfRef] = set()
+    for index in range(min(total, PDF_MAX_PAGES)):
+        page = pages[index]
+        try:
+            inflated += _inflated_bytes(page, seen, room=max_inflated - inflated)
+            text = _page_text(page, deadline=deadline)
+        except (LimitReachedError, _OutOfTime):
+            if not read:
+                return DocumentRefusal.UNREADABLE
+            break
+        read = index + 1
+        if text:
+            texts.append(text)
+            chars += len(text)
+        if chars > max_chars:
+            break
+    return _PdfText(text="\n\n".join(texts), pages_read=read, pages_total=total)
+
+
+def _open_pdf(data: bytes, *, max_bytes: int) -> _PdfText | DocumentRefusal:
+    """The text of a PDF (see _pdf_pages_text; its limits scale with `max_bytes`), ENCRYPTED
+    when it does not open without a password, UNREADABLE when pypdf cannot read it."""
+    try:
+        with pypdf.apply_configuration(_PDF_CONFIGURATION):
+            reader = pypdf.PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and reader.decrypt("") == pypdf.PasswordType.NOT_DECRYPTED:
+                return DocumentRefusal.ENCRYPTED
+            return _pdf_pages_text(
+                reader,
+                max_chars=PDF_TEXT_CHARS_PER_BYTE * max_bytes,
+                max_inflated=PDF_INFLATED_BYTES_PER_BYTE * max_bytes,
+            )
+    except DependencyError:
+        # AES encryption needs a cryptography package, and none is installed.
+        return DocumentRefusal.ENCRYPTED
+    except PyPdfError:
+        return DocumentRefusal.UNREADABLE
+    except Exception as exc:  # pypdf's own words: "broken PDF files might cause other Exceptions"
+        # The type only: the message may quote the file.
+        logger.info("PDF not read: pypdf raised %s", type(exc).__name__)
+        return DocumentRefusal.UNREADABLE
+
+
+def _read_pdf(
+    file_name: str | None, data: bytes, *, max_bytes: int
+) -> TextDocument | DocumentRefusal:
+    """A PDF's text as a document, checked like decoded text; a PDF without text is NO_TEXT."""
+    pdf = _open_pdf(data, max_bytes=max_bytes)
+    if isinstance(pdf, DocumentRefusal):
+        return pdf
+    # NUL characters mean nothing to a model, and PostgreSQL's text columns refuse them.
+    text = _NEWLINES.sub("\n", _paired_surrogates(pdf.text)).replace("\x00", "")
+    if not text.strip() or not _looks_like_text(text):
+        return DocumentRefusal.NO_TEXT
+    return TextDocument(
+        name=display_name(file_name),
+        text=text,
+        encoding="pdf",
+        pages_read=pdf.pages_read,
+        pages_total=pdf.pages_total,
+    )
+
+
 def read_document(
     file_name: str | None,
     mime_type: str | None,
@@ -225,18 +452,29 @@ def read_document(
 ) -> TextDocument | DocumentRefusal:
     """The file as text, or why it is not read.
 
-    Refuses files whose name and MIME type are not text-like and binary content (NOT_TEXT),
-    more than `max_bytes` bytes (TOO_LARGE), and files with nothing but whitespace (EMPTY).
+    Refuses files whose name and MIME type are neither text-like nor PDF and binary content
+    (NOT_TEXT), more than `max_bytes` bytes (TOO_LARGE), and files with nothing but whitespace
+    (EMPTY). A file named or typed as PDF is read as one if it has the PDF header (NOT_TEXT
+    otherwise); a file named as text that starts with the header is read as a PDF if it opens as
+    one. PDFs are refused as ENCRYPTED, UNREADABLE or NO_TEXT too. Never raises.
     """
     if not accepts(file_name, mime_type):
         return DocumentRefusal.NOT_TEXT
     if len(data) > max_bytes:
         return DocumentRefusal.TOO_LARGE
+    named_pdf = is_pdf(file_name, mime_type)
+    if _has_pdf_header(data, anywhere_in_window=named_pdf):
+        pdf = _read_pdf(file_name, data, max_bytes=max_bytes)
+        # A file named as text is read as text unless it opens as a PDF.
+        if named_pdf or isinstance(pdf, TextDocument) or pdf is DocumentRefusal.ENCRYPTED:
+            return pdf
+    elif named_pdf:
+        return DocumentRefusal.NOT_TEXT
     decoded = _decode(data)
     if decoded is None:
         return DocumentRefusal.NOT_TEXT
     raw, encoding = decoded
-    text = _NEWLINES.sub("\n", raw)
+    text = _NEWLINES.sub("\n", raw).replace("\x00", "")  # no NUL, as for PDFs
     if not text.strip():
         return DocumentRefusal.EMPTY
     if not _looks_like_text(text):
@@ -284,13 +522,19 @@ def wrap(document: TextDocument, text: str, *, trimmed: bool, total_chars: int) 
     """The document as it goes into the user's turn for the model.
 
     A header line 'File: {name}', then `text` in a fenced block whose fence is longer than any
-    backtick run inside it (so the content cannot close it), then, when trimmed, a note saying
-    how many characters are shown.
+    backtick run inside it (so the content cannot close it), then, for a PDF whose later pages
+    were not read, a note saying how many were, and, when trimmed, a note saying how many
+    characters are shown.
     """
     longest_run = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
     fence = "`" * max(3, longest_run + 1)
     body = text if text.endswith("\n") or not text else text + "\n"
     wrapped = f"File: {document.name}\n{fence}\n{body}{fence}"
+    if document.pages_cut:
+        wrapped += (
+            f"\n[… cut: only the first {document.pages_read} of {document.pages_total} pages "
+            "were read]"
+        )
     if trimmed:
         wrapped += f"\n[… trimmed: the first {len(text)} of {total_chars} characters are shown]"
     return wrapped

@@ -48,6 +48,12 @@ FAILURE_BACKOFF_SECONDS = 30.0
 # id typed again and again costs at most one /models call per this many seconds.
 EARLY_REFRESH_SECONDS = 10.0
 SUGGESTION_LIMIT = 3
+# Families known to read pictures, for lists that do not say which models do.
+_VISION_NAME_RE = re.compile(
+    r"vision|[-_.]vl\b|\bvl[-_]|gpt-4o|gpt-4\.1|gpt-5|claude|gemini|gemma-?3|llava|pixtral"
+    r"|llama-?4|internvl|minicpm-v|moondream",
+    re.IGNORECASE,
+)
 
 
 def is_chat_model(model: ModelInfo) -> bool:
@@ -63,6 +69,14 @@ def is_chat_model(model: ModelInfo) -> bool:
     if _COMPLETION_ONLY_RE.fullmatch(model.id):
         return False
     return not any(_NON_CHAT_RE.search(text) for text in (model.id, model.name or ""))
+
+
+def reads_pictures(model: ModelInfo) -> bool:
+    """True where the backend says the model reads pictures, or, where it does not say, its
+    id names a family that does."""
+    if model.vision is not None:
+        return model.vision
+    return bool(_VISION_NAME_RE.search(model.id))
 
 
 def label(model: ModelInfo) -> str:
@@ -251,6 +265,7 @@ class ModelService:
         self._fresh_until = 0.0
         self._retry_at = 0.0
         self._contexts: dict[str, int] = {}
+        self._vision: dict[str, bool] = {}
         self._lock = asyncio.Lock()
         self._warming: asyncio.Task[Catalogue | None] | None = None
 
@@ -302,6 +317,7 @@ class ModelService:
                 listed, allowed=self._allowed, default_model=self._default
             )
             self._contexts.update({m.id: m.context_tokens for m in listed if m.context_tokens})
+            self._vision.update({m.id: m.vision for m in listed if m.vision is not None})
             self._loaded_at = self._clock()
             self._fresh_until = self._loaded_at + self._cache_seconds
             logger.info(
@@ -386,6 +402,17 @@ class ModelService:
         an expired list is still used.
         """
         return self._contexts.get(model_id)
+
+    def vision(self, model_id: str) -> bool | None:
+        """Whether the backend's last list said the model reads pictures; None if it did not."""
+        return self._vision.get(model_id)
+
+    async def vision_models(self) -> list[str]:
+        """The chat models on offer that read pictures (by the backend's word or their name)."""
+        catalogue = await self.catalogue()
+        if catalogue is None:
+            return []
+        return [m.id for m in catalogue.models if reads_pictures(m)]
 
     async def current(self, *, chat_id: int) -> str:
         """The id of the model the chat uses now."""

@@ -8,6 +8,7 @@ from functools import lru_cache
 import tiktoken
 
 from bot.llm.types import ChatMessage
+from bot.pictures import IMAGE_TOKENS
 
 # OpenAI's documented accounting for chat messages: a few tokens of framing per message and
 # three to prime the reply.
@@ -41,4 +42,7 @@ class TokenCounter:
 
     def count_prompt(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens of a whole prompt as the backend would count it (estimated)."""
-        return sum(self.count_message(m.content) for m in messages) + REPLY_PRIMING
+        return (
+            sum(self.count_message(m.content) + IMAGE_TOKENS * len(m.images) for m in messages)
+            + REPLY_PRIMING
+        )

@@ -2,7 +2,8 @@
 
 Periods are calendar days and months in the configured time zone: "today" starts at local
 midnight and "this month" on the first of the month at local midnight. Costs are derived from
-the token and image counts at query time, so changing a price re-prices the past as well.
+the token and image counts and the seconds of audio transcribed at query time, so changing a
+price re-prices the past as well. Token budgets count tokens only; cost budgets count it all.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ TOP_LIMIT = 10
 
 @dataclass(frozen=True, slots=True)
 class Figures:
-    """Requests, tokens, images and cost over some records."""
+    """Requests, tokens, images, seconds of audio transcribed and cost over some records."""
 
     requests: int = 0
     prompt_tokens: int = 0
@@ -50,6 +51,7 @@ class Figures:
     cost: float = 0.0
     # Some of the tokens were counted by the bot because the backend reported none.
     estimated: bool = False
+    audio_seconds: int = 0
 
     @property
     def tokens(self) -> int:
@@ -65,6 +67,7 @@ class Figures:
             images=self.images + other.images,
             cost=self.cost + other.cost,
             estimated=self.estimated or other.estimated,
+            audio_seconds=self.audio_seconds + other.audio_seconds,
         )
 
 
@@ -443,6 +446,7 @@ def _merge(*groups: Sequence[ModelUsage]) -> list[ModelUsage]:
                     completion_tokens=old[1].completion_tokens + row.sums.completion_tokens,
                     images=old[1].images + row.sums.images,
                     estimated_requests=old[1].estimated_requests + row.sums.estimated_requests,
+                    audio_seconds=old[1].audio_seconds + row.sums.audio_seconds,
                 ),
             )
     return [
@@ -465,8 +469,10 @@ def _model_figures(rows: Sequence[ModelUsage], prices: PriceList) -> list[ModelF
                     prompt_tokens=row.sums.prompt_tokens,
                     completion_tokens=row.sums.completion_tokens,
                     images=row.sums.images,
+                    audio_seconds=row.sums.audio_seconds,
                 ),
                 estimated=row.sums.estimated_requests > 0,
+                audio_seconds=row.sums.audio_seconds,
             ),
         )
         for row in rows

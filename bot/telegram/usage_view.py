@@ -113,17 +113,23 @@ def _figures(figures: Figures, *, priced: bool) -> str:
     parts = [
         ngettext("{count} request", "{count} requests", figures.requests).format(
             count=format_number(figures.requests)
-        ),
-        ngettext(
-            "{count} token (prompt {prompt}, completion {completion})",
-            "{count} tokens (prompt {prompt}, completion {completion})",
-            figures.tokens,
-        ).format(
-            count=mark + format_number(figures.tokens),
-            prompt=mark + format_number(figures.prompt_tokens),
-            completion=mark + format_number(figures.completion_tokens),
-        ),
+        )
     ]
+    # Transcriptions count no tokens: a line of them alone does not say "0 tokens".
+    if figures.tokens or not figures.audio_seconds:
+        parts.append(
+            ngettext(
+                "{count} token (prompt {prompt}, completion {completion})",
+                "{count} tokens (prompt {prompt}, completion {completion})",
+                figures.tokens,
+            ).format(
+                count=mark + format_number(figures.tokens),
+                prompt=mark + format_number(figures.prompt_tokens),
+                completion=mark + format_number(figures.completion_tokens),
+            )
+        )
+    if figures.audio_seconds:
+        parts.append(_voice(figures.audio_seconds))
     if figures.images:
         parts.append(
             ngettext("{count} image", "{count} images", figures.images).format(
@@ -137,6 +143,25 @@ def _figures(figures: Figures, *, priced: bool) -> str:
 
 def _cost(amount: str) -> str:
     return _("cost {cost}").format(cost=amount)
+
+
+def _voice(seconds: int) -> str:
+    # TRANSLATORS: {duration} is a length of audio such as "3 min 20 s" or "1 h 5 min 12 s".
+    return _("🎤 {duration} of voice transcribed").format(duration=_audio_length(seconds))
+
+
+def _audio_length(total: int) -> str:
+    """A length of audio, to the second: 45 s, 3 min 20 s, 1 h 5 min 12 s (units as waits)."""
+    minutes, seconds = divmod(max(total, 0), 60)
+    hours, minutes = divmod(minutes, 60)
+    parts = []
+    if hours:
+        parts.append(_("{count} h").format(count=format_number(hours)))
+    if minutes:
+        parts.append(_("{count} min").format(count=format_number(minutes)))
+    if seconds or not parts:
+        parts.append(_("{count} s").format(count=format_number(seconds)))
+    return " ".join(parts)
 
 
 def _budgets(budgets: Sequence[BudgetUse]) -> list[str]:
@@ -163,17 +188,25 @@ def _budgets(budgets: Sequence[BudgetUse]) -> list[str]:
 
 def _top(ranked: Sequence[RankedUsage], *, priced: bool) -> list[str]:
     return [
-        # TRANSLATORS: {tokens} is e.g. "4,000 tokens"; {cost} is empty or " · cost $0.01".
+        # TRANSLATORS: {tokens} is e.g. "4,000 tokens", followed by " · 🎤 3 min 20 s of voice
+        # transcribed" where there was any; {cost} is empty or " · cost $0.01".
         _("{rank}. {who}: {tokens}{cost}").format(
             rank=rank,
             who=_person(entry.id, entry.name, entry.username),
-            tokens=ngettext("{count} token", "{count} tokens", entry.tokens).format(
-                count=format_number(entry.tokens)
-            ),
+            tokens=_ranked_amounts(entry),
             cost=" · " + _cost(format_money(entry.cost)) if priced else "",
         )
         for rank, entry in enumerate(ranked, start=1)
     ]
+
+
+def _ranked_amounts(entry: RankedUsage) -> str:
+    tokens = ngettext("{count} token", "{count} tokens", entry.tokens).format(
+        count=format_number(entry.tokens)
+    )
+    if not entry.audio_seconds:
+        return tokens
+    return f"{tokens} · {_voice(entry.audio_seconds)}"
 
 
 def _notes(periods: Sequence[PeriodReport], *, priced: bool, timezone: str) -> list[str]:

@@ -6,6 +6,7 @@ from typing import Any
 
 from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import Stream
+from tests.fakes.pdf import encrypt_pdf, make_pdf, text_content
 
 CHAT = 3001
 GROUP = -100300
@@ -59,9 +60,9 @@ async def test_binary_and_oversized_files_are_refused_without_a_backend_call(
     send_file(harness, b"x" * 2000, name="big.log", mime="text/plain")
     send_file(harness, b"MZ\x90\x00", name="setup.exe", mime="application/octet-stream")
     texts = await harness.wait_messages(CHAT, lambda t: len(t) == 3)
-    assert "not this one" in texts[0]
+    assert "not this file" in texts[0]
     assert "too large" in texts[1] and "1 KB" in texts[1]
-    assert "not this one" in texts[2]
+    assert "not this file" in texts[2]
     assert not harness.llm.chat_requests
     # The oversized file was refused from its declared size, before any download.
     assert len(harness.tg.calls_to("getFile")) == 1
@@ -105,3 +106,33 @@ async def test_a_file_in_a_group_needs_to_be_addressed(bot: BotHarness) -> None:
     await bot.idle()
     assert len(bot.llm.chat_requests) == 1
     assert "File: b.txt" in bot.llm.chat_requests[0]["messages"][-1]["content"]
+
+
+async def test_a_pdf_is_read_by_its_text_and_a_locked_one_is_refused(bot: BotHarness) -> None:
+    bot.llm.enqueue(Stream(["It is a report."]))
+    report = make_pdf(text_content("Quarterly report", "Revenue grew"), text_content("Page two"))
+    send_file(bot, report, name="report.pdf", mime="application/pdf", caption="Summarise")
+    await bot.wait_text(CHAT, "It is a report.")
+    asked = bot.llm.chat_requests[0]["messages"][-1]["content"]
+    assert asked.startswith("File: report.pdf\n```\nQuarterly report\nRevenue grew\n\nPage two")
+    assert asked.endswith("Summarise")
+    locked = encrypt_pdf(report, user_password="secret", owner_password="owner")
+    send_file(bot, locked, name="locked.pdf", mime="application/pdf")
+    texts = await bot.wait_messages(CHAT, lambda t: len(t) == 2)
+    assert "password" in texts[1]
+    await bot.idle()
+    assert len(bot.llm.chat_requests) == 1
+
+
+async def test_pdfs_have_their_own_size_limit(harness: BotHarness) -> None:
+    await harness.start(document_max_bytes=1024, pdf_max_bytes=2048)
+    harness.llm.enqueue(Stream(["Read."]))
+    report = make_pdf(
+        text_content("Short"), text_content("x" * 200)
+    )  # over DOCUMENT_MAX_BYTES, within PDF's
+    assert 1024 < len(report) < 2048
+    send_file(harness, report, name="a.pdf", mime="application/pdf")
+    await harness.wait_text(CHAT, "Read.")
+    send_file(harness, report + b"%" * 2048, name="b.pdf", mime="application/pdf")
+    texts = await harness.wait_messages(CHAT, lambda t: len(t) == 2)
+    assert "PDFs of up to 2 KB" in texts[1]

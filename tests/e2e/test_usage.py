@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from bot.db import (
+    ChatRepository,
+    NewUsage,
+    UsageRepository,
+    UserRepository,
+    create_sessionmaker,
+)
 from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import Stream
 
@@ -224,3 +231,56 @@ async def test_usage_figures_past_64_bits_neither_break_the_write_nor_the_sums(
     report = texts_[3]
     assert "Today: 3 requests · ≈" in report
     assert "922" not in report and "184" not in report  # no trace of the absurd figures
+
+
+async def test_voice_transcribed_is_in_usage_and_its_cost_in_budgets(
+    harness: BotHarness,
+) -> None:
+    # Transcriptions are recorded by the voice handler; here one is written as it writes it,
+    # with who asked where.
+    app = await harness.start(
+        owner_ids=str(OWNER),
+        price_per_audio_minute=0.01,
+        model_prices='{"whisper-1": {"audio_minute": 0.006}}',
+        user_daily_cost=0.02,
+    )
+    async with create_sessionmaker(app.engine).begin() as session:
+        await ChatRepository(session).upsert(chat_id=ANN, type="private", title=None)
+        await UserRepository(session).upsert(
+            user_id=ANN, username="ann", full_name="Ann", language_code="en"
+        )
+        await UsageRepository(session).add(
+            NewUsage(
+                user_id=ANN,
+                chat_id=ANN,
+                model="whisper-1",
+                kind="transcription",
+                prompt_tokens=0,
+                completion_tokens=0,
+                estimated=False,
+                status="ok",
+                latency_ms=1200,
+                audio_seconds=200,
+            )
+        )
+
+    ask(harness, ANN, "/usage")
+    report = (await harness.wait_messages(ANN, lambda t: len(t) == 1))[0]
+    voice = "1 request · 🎤 3 min 20 s of voice transcribed · cost $0.02"
+    assert f"Today: {voice}" in report
+    assert "Daily: $0.02 of $0.02, reached until " in report
+
+    # 3 min 20 s at $0.006 a minute spent Ann's daily $0.02: no answer until tomorrow.
+    ask(harness, ANN, "hi")
+    refused = (await harness.wait_messages(ANN, lambda t: len(t) == 2))[1]
+    assert "daily limit of $0.02" in refused
+    assert harness.llm.chat_requests == []
+
+    ask(harness, OWNER, "/usage")
+    whole = (await harness.wait_messages(OWNER, lambda t: len(t) == 1))[0]
+    assert f"Today: {voice}" in whole
+    assert f"1. Ann (@ann, id {ANN}): 0 tokens · 🎤 3 min 20 s of voice transcribed" in whole
+    ask(harness, OWNER, f"/usage {ANN}")
+    one = (await harness.wait_messages(OWNER, lambda t: len(t) == 2))[1]
+    assert one.startswith(f"Usage of Ann (@ann, id {ANN})")
+    assert f"Today: {voice}" in one

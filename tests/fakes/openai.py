@@ -4,6 +4,11 @@ Start it, point the bot's ``LLM_BASE_URL`` at :attr:`FakeLLM.base_url`, enqueue 
 (:class:`Stream`, :class:`Error`, :class:`StreamError`, :class:`Disconnect`, :class:`Hang`,
 :class:`Raw`) and inspect :attr:`FakeLLM.requests` afterwards.
 
+It also serves ``POST /v1/images/generations`` (:meth:`FakeLLM.enqueue_image`) and
+``POST /v1/audio/transcriptions`` (:meth:`FakeLLM.enqueue_transcription`,
+:meth:`FakeLLM.transcription_requests`), the latter switched off by ``transcriptions=False``
+(404, like any unknown path) or ``transcriptions=405``.
+
 The reply shapes follow what real backends were seen to send (OpenAI, LiteLLM, mock servers,
 akashchat-api-go): role-only first chunk or not, usage in a separate chunk, inside the finish
 chunk, on the last content chunk or all zeros, ``[DONE]`` or none, in-stream error events,
@@ -20,7 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import contextlib
+import email.message
+import email.parser
+import email.policy
 import json
 import math
 import re
@@ -50,6 +59,9 @@ __all__ = [
     "Reply",
     "Stream",
     "StreamError",
+    "Transcription",
+    "TranscriptionReply",
+    "TranscriptionRequest",
     "count_words",
     "default_reply",
     "estimate_tokens",
@@ -63,6 +75,11 @@ JSONDict: TypeAlias = dict[str, Any]
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 IMAGES_PATH = "/v1/images/generations"
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+
+#: Bytes of audio per second the default transcription reports: Telegram's voice notes are
+#: Opus at about 16 kbit/s.
+AUDIO_BYTES_PER_SECOND = 2000
 
 # ---------------------------------------------------------------------------------------------
 # Bodies copied from captured provider responses (see the provider fixtures README).
@@ -231,6 +248,55 @@ def make_png(
         + chunk(b"IDAT", zlib.compress(row * height))
         + chunk(b"IEND", b"")
     )
+
+
+_DATA_URL_RE = re.compile(r"data:(image/(?:jpeg|png|webp|gif));base64,([A-Za-z0-9+/]*={0,2})")
+_IMAGE_MAGIC = {
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+
+
+def _content_parts_problem(parts: list[Any], param: str) -> tuple[str, str] | None:
+    """What OpenAI would say about a message's content parts (message, param), or None.
+
+    Text parts need a string `text`; image parts an `image_url.url` that is an http(s) link or
+    a base64 `data:` URL of a JPEG, PNG, WebP or GIF whose bytes are that format.
+    """
+    for number, part in enumerate(parts):
+        where = f"{param}.[{number}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            if not isinstance(part.get("text"), str):
+                return f"Invalid type for '{where}.text': expected a string.", f"{where}.text"
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else None
+            if not isinstance(url, str):
+                return f"Missing required parameter: '{where}.image_url.url'.", where
+            if url.startswith(("http://", "https://")):
+                continue
+            match = _DATA_URL_RE.fullmatch(url)
+            try:
+                data = base64.b64decode(match.group(2), validate=True) if match else b""
+            except binascii.Error:
+                data = b""
+            if match is None or not data.startswith(_IMAGE_MAGIC[match.group(1)]):
+                return (
+                    "Invalid image URL: expected a base64-encoded data URL with an image MIME "
+                    "type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got "
+                    "unsupported MIME type or invalid data.",
+                    f"{where}.image_url",
+                )
+        else:
+            return (
+                f"Invalid value: '{kind}'. Supported values are: 'text', 'image_url', "
+                "'input_audio', 'refusal', 'audio', and 'file'.",
+                f"{where}.type",
+            )
+    return None
 
 
 def _message_texts(messages: Any) -> list[str]:
@@ -553,10 +619,40 @@ class ImageResult:
     delay: float = 0.0
 
 
+@dataclass
+class Transcription:
+    """A transcription answer; ``text``/``seconds`` None: derived from the upload (see
+    :meth:`FakeLLM.enqueue_transcription`).
+
+    ``usage``: ``duration`` is whisper-1's ``{"type": "duration", "seconds": N}``, ``tokens``
+    gpt-4o-transcribe's token usage (about ten audio tokens a second), ``none`` no usage.
+    """
+
+    text: str | None = None
+    seconds: float | None = None
+    usage: Literal["duration", "tokens", "none"] = "duration"
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """One ``POST /v1/audio/transcriptions`` as the served route parsed it; None: not sent."""
+
+    model: str | None
+    filename: str | None  # of the ``file`` part
+    content_type: str | None  # of the ``file`` part, as sent
+    data: bytes | None  # the ``file`` part's bytes
+    response_format: str | None
+    fields: dict[str, str] = field(default_factory=dict)  # every text field, as sent
+
+
 Reply: TypeAlias = Stream | Error | StreamError | Disconnect | Hang | Raw
 ImageReply: TypeAlias = ImageResult | Error | Disconnect | Hang | Raw
+#: A ``str`` is the transcript's text.
+TranscriptionReply: TypeAlias = str | Transcription | Error | Disconnect | Hang | Raw
 _REPLY_TYPES = (Stream, Error, StreamError, Disconnect, Hang, Raw)
 _IMAGE_REPLY_TYPES = (ImageResult, Error, Disconnect, Hang, Raw)
+_TRANSCRIPTION_REPLY_TYPES = (str, Transcription, Error, Disconnect, Hang, Raw)
 
 
 def default_reply(body: Mapping[str, Any]) -> Reply:
@@ -575,7 +671,7 @@ class Recorded:
     body: bytes
     json: Any
     received_at: float
-    reply: Reply | ImageReply | None = None
+    reply: Reply | ImageReply | TranscriptionReply | None = None
     first_chunk_at: float | None = None
     finished_at: float | None = None
     disconnected: bool = False
@@ -601,7 +697,12 @@ _Handler: TypeAlias = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class FakeLLM:
-    """A real HTTP server speaking the OpenAI chat/models/images API, scripted by tests."""
+    """A real HTTP server speaking the OpenAI chat/models/images/audio API, scripted by tests.
+
+    ``transcriptions``: True serves ``POST /v1/audio/transcriptions``; False answers it 404
+    like any unknown path (Ollama, chat-only proxies); 405 answers it ``Method Not Allowed``
+    (a server whose route takes other methods only). An attribute, read per request.
+    """
 
     def __init__(
         self,
@@ -612,6 +713,7 @@ class FakeLLM:
         clock: Callable[[], float] = time.monotonic,
         strict_models: bool = False,
         max_context: int | None = None,
+        transcriptions: bool | Literal[405] = True,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -620,6 +722,7 @@ class FakeLLM:
         self.clock = clock
         self.strict_models = strict_models
         self.max_context = max_context
+        self.transcriptions: bool | Literal[405] = transcriptions
         self.host = host
         self._port = port
         self._models: list[JSONDict] = []
@@ -628,6 +731,8 @@ class FakeLLM:
         self.first_chunk_at: list[float] = []
         self._queue: deque[Reply] = deque()
         self._image_queue: deque[ImageReply] = deque()
+        self._transcription_queue: deque[TranscriptionReply] = deque()
+        self._transcriptions: list[TranscriptionRequest] = []
         self._default: Callable[[dict[str, Any]], Reply] = default_reply
         self._files: dict[str, tuple[bytes, str]] = {}
         self._redirects: dict[str, tuple[str, int]] = {}
@@ -652,6 +757,7 @@ class FakeLLM:
         app.router.add_get(MODELS_PATH, self._handle_models)
         app.router.add_get(MODELS_PATH + "/{model:.+}", self._handle_model)
         app.router.add_post(IMAGES_PATH, self._handle_images)
+        app.router.add_post(TRANSCRIPTIONS_PATH, self._handle_transcriptions)
         app.router.add_get("/files/{name}", self._handle_file)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(
@@ -732,6 +838,17 @@ class FakeLLM:
                 raise TypeError(f"not an image reply: {reply!r}")
         self._image_queue.extend(replies)
 
+    def enqueue_transcription(self, *replies: TranscriptionReply) -> None:
+        """Queue replies for the next valid transcription requests: a ``str`` is the text.
+
+        With the queue empty the answer is ``transcript of <filename> (<n> bytes)``, lasting
+        ceil(n / AUDIO_BYTES_PER_SECOND) seconds (at least one), with whisper-1's usage.
+        """
+        for reply in replies:
+            if not isinstance(reply, _TRANSCRIPTION_REPLY_TYPES):
+                raise TypeError(f"not a transcription reply: {reply!r}")
+        self._transcription_queue.extend(replies)
+
     @property
     def pending(self) -> int:
         """Chat replies still queued."""
@@ -757,6 +874,8 @@ class FakeLLM:
         self.first_chunk_at.clear()
         self._queue.clear()
         self._image_queue.clear()
+        self._transcription_queue.clear()
+        self._transcriptions.clear()
         self._default = default_reply
 
     # -- inspection -----------------------------------------------------------------------------
@@ -776,6 +895,10 @@ class FakeLLM:
     def image_requests(self) -> list[dict[str, Any]]:
         """JSON bodies of all ``POST /v1/images/generations`` requests, in order."""
         return [r.json for r in self.requests_to(IMAGES_PATH, "POST")]
+
+    def transcription_requests(self) -> list[TranscriptionRequest]:
+        """Transcription requests the served route parsed, rejected ones included, in order."""
+        return list(self._transcriptions)
 
     @property
     def models_requests(self) -> int:
@@ -945,6 +1068,15 @@ class FakeLLM:
             return _json_response(
                 400, _error_body(message, "invalid_request_error", "messages", "empty_array")
             )
+        for index, message in enumerate(messages):
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                problem = _content_parts_problem(content, f"messages.[{index}].content")
+                if problem is not None:
+                    text, param = problem
+                    return _json_response(
+                        400, _error_body(text, "invalid_request_error", param, None)
+                    )
         model = str(body.get("model"))
         if self.strict_models and model not in {m["id"] for m in self._models}:
             return _error_response(Error.model_not_found(model))
@@ -1297,6 +1429,160 @@ class FakeLLM:
     def _store_generated_image(self) -> str:
         self._image_counter += 1
         return self.add_file(f"img-{self._image_counter}.png", make_png(), "image/png")
+
+    # -- /v1/audio/transcriptions ---------------------------------------------------------------
+
+    async def _handle_transcriptions(self, request: web.Request) -> web.StreamResponse:
+        if self.transcriptions == 405:
+            return web.json_response(
+                {"detail": "Method Not Allowed"}, status=405, headers={"Allow": "GET"}
+            )
+        if not self.transcriptions:
+            return await self._handle_unknown(request)
+        rec = request[_REC_KEY]
+        parts = _form_parts(request.headers.get("Content-Type", ""), rec.body)
+        if parts is None:
+            message = "Could not parse multipart form"
+            return _json_response(400, _error_body(message, "invalid_request_error", None, None))
+        upload = _transcription_request(parts)
+        self._transcriptions.append(upload)
+        invalid = _validate_transcription(upload)
+        if invalid is not None:
+            return invalid
+        reply = self._transcription_queue.popleft() if self._transcription_queue else None
+        rec.reply = reply
+        if isinstance(reply, Error):
+            await self._sleep(reply.delay)
+            return _error_response(reply)
+        if isinstance(reply, Raw):
+            await self._sleep(reply.delay)
+            return _raw_response(reply)
+        if isinstance(reply, Hang):
+            return await self._hang(request, rec, None, reply, streaming=False)
+        if isinstance(reply, Disconnect):
+            await self._sleep(reply.delay)
+            payload = _transcription_payload(upload, Transcription())
+            return await self._cut_json(request, rec, payload, reply.reset)
+        answer = Transcription(text=reply) if isinstance(reply, str) else reply or Transcription()
+        await self._sleep(answer.delay)
+        payload = _transcription_payload(upload, answer)
+        if upload.response_format == "text":
+            return web.Response(text=payload["text"] + "\n", content_type="text/plain")
+        return _json_response(200, payload)
+
+
+@dataclass(frozen=True)
+class _FormPart:
+    name: str | None
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+def _form_parts(content_type: str, body: bytes) -> list[_FormPart] | None:
+    """The parts of a multipart/form-data body (RFC 7578); None if it is not one.
+
+    The middleware has read the body already, so aiohttp's own reader cannot parse it again.
+    """
+    header = email.message.EmailMessage()
+    header["Content-Type"] = content_type
+    boundary = header.get_boundary()
+    if header.get_content_type() != "multipart/form-data" or not boundary:
+        return None
+    # Every delimiter but a first one at the very start follows a CRLF (RFC 2046 5.1.1).
+    sections = (b"\r\n" + body).split(b"\r\n--" + boundary.encode("latin-1"))
+    parts: list[_FormPart] = []
+    parser = email.parser.BytesHeaderParser(policy=email.policy.HTTP)
+    for section in sections[1:]:
+        if section.startswith(b"--"):  # the close delimiter
+            return parts
+        head, found, data = section.partition(b"\r\n\r\n")
+        if not found:
+            return None
+        # The head starts with the rest of the delimiter line (padding, then CRLF).
+        headers = parser.parsebytes(head.partition(b"\r\n")[2] + b"\r\n\r\n")
+        name = headers.get_param("name", header="content-disposition")
+        kind = headers.get("Content-Type")
+        parts.append(
+            _FormPart(
+                name=name if isinstance(name, str) else None,
+                filename=headers.get_filename(),
+                content_type=None if kind is None else str(kind),
+                data=data,
+            )
+        )
+    return None  # no close delimiter: the body was cut
+
+
+def _transcription_request(parts: list[_FormPart]) -> TranscriptionRequest:
+    files = [p for p in parts if p.name == "file" and p.filename is not None]
+    fields = {
+        p.name: p.data.decode("utf-8", "replace")
+        for p in parts
+        if p.name is not None and p.filename is None
+    }
+    upload = files[0] if files else None
+    return TranscriptionRequest(
+        model=fields.get("model"),
+        filename=None if upload is None else upload.filename,
+        content_type=None if upload is None else upload.content_type,
+        data=None if upload is None else upload.data,
+        response_format=fields.get("response_format"),
+        fields=fields,
+    )
+
+
+def _validate_transcription(upload: TranscriptionRequest) -> web.Response | None:
+    if not upload.filename:
+        if "file" in upload.fields:
+            message = "Invalid file format: 'file' must be a file upload with a filename."
+        else:
+            message = "Missing required parameter: 'file'."
+        return _json_response(400, _error_body(message, "invalid_request_error", "file", None))
+    if not upload.model:
+        message = "you must provide a model parameter"
+        return _json_response(400, _error_body(message, "invalid_request_error", "model", None))
+    if upload.response_format not in (None, "json", "verbose_json", "text"):
+        message = (
+            f"Invalid value: '{upload.response_format}'. Supported values are: 'json', "
+            "'text' and 'verbose_json'."
+        )
+        return _json_response(
+            400, _error_body(message, "invalid_request_error", "response_format", None)
+        )
+    return None
+
+
+def _transcription_payload(upload: TranscriptionRequest, answer: Transcription) -> JSONDict:
+    size = len(upload.data or b"")
+    text = answer.text
+    if text is None:
+        text = f"transcript of {upload.filename} ({size} bytes)"
+    seconds = answer.seconds
+    if seconds is None:
+        seconds = max(1, math.ceil(size / AUDIO_BYTES_PER_SECOND))
+    payload: JSONDict = {"text": text}
+    if upload.response_format == "verbose_json":
+        payload = {
+            "task": "transcribe",
+            "language": "english",
+            "duration": seconds,
+            "text": text,
+            "segments": [],
+        }
+    if answer.usage == "duration":
+        payload["usage"] = {"type": "duration", "seconds": math.ceil(seconds)}
+    elif answer.usage == "tokens":
+        audio = math.ceil(seconds * 10)
+        words = len(text.split())
+        payload["usage"] = {
+            "type": "tokens",
+            "input_tokens": audio,
+            "input_token_details": {"text_tokens": 0, "audio_tokens": audio},
+            "output_tokens": words,
+            "total_tokens": audio + words,
+        }
+    return payload
 
 
 def _b64(data: bytes) -> str:

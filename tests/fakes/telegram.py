@@ -106,6 +106,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -1128,6 +1129,9 @@ class FakeTelegram:
         self._pending_callbacks: dict[str, dict[str, Any]] = {}
         self._known_users: dict[int, dict[str, Any]] = {}  # everyone who ever wrote or pressed
         self._files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, data)
+        # A local Bot API server (--local) answers getFile with an absolute path on its disk,
+        # which the bot reads directly; set a directory to act as one.
+        self.local_files_dir: Path | None = None
         self._allowed_updates: list[str] = []
         self._injections: list[_Injection] = []
         self._poll_generation = 0
@@ -2418,6 +2422,10 @@ class FakeTelegram:
         if stored is None:
             raise _bad("invalid file_id")
         path, data = stored
+        if self.local_files_dir is not None:
+            local = self.local_files_dir / file_id
+            local.write_bytes(data)
+            path = str(local.resolve())
         return {
             "file_id": file_id,
             "file_unique_id": f"U{file_id}",

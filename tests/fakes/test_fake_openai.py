@@ -7,7 +7,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -22,6 +22,8 @@ from tests.fakes.openai import (
     Raw,
     Stream,
     StreamError,
+    Transcription,
+    TranscriptionRequest,
     make_png,
 )
 
@@ -503,3 +505,198 @@ async def test_images_scripted(fake: FakeLLM, client: httpx.AsyncClient) -> None
     assert third.status_code == 500
     with pytest.raises(TypeError):
         fake.enqueue_image(Stream(["x"]))  # type: ignore[arg-type]
+
+
+# -- audio transcriptions -------------------------------------------------------------------------
+
+# Every byte value, and a line that looks like a multipart delimiter: 5146 bytes.
+OGG = b"OggS\x00\x02" + bytes(range(256)) * 20 + b"\r\n--not-a-boundary\r\n"
+
+
+async def transcribe(
+    client: httpx.AsyncClient,
+    *,
+    files: dict[str, Any] | None = None,
+    data: dict[str, str] | None = None,
+) -> httpx.Response:
+    if files is None:
+        files = {"file": ("voice.ogg", OGG, "audio/ogg")}
+    if data is None:
+        data = {"model": "whisper-1", "response_format": "json"}
+    return await client.post("/audio/transcriptions", files=files, data=data)
+
+
+async def test_transcription_default_answer_and_record(
+    fake: FakeLLM, client: httpx.AsyncClient
+) -> None:
+    resp = await transcribe(client, data={"model": "whisper-1", "language": "en"})
+    assert resp.status_code == 200
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.json() == {
+        "text": f"transcript of voice.ogg ({len(OGG)} bytes)",
+        "usage": {"type": "duration", "seconds": 3},  # ceil(5146 / 2000)
+    }
+    assert fake.transcription_requests() == [
+        TranscriptionRequest(
+            model="whisper-1",
+            filename="voice.ogg",
+            content_type="audio/ogg",
+            data=OGG,
+            response_format=None,
+            fields={"model": "whisper-1", "language": "en"},
+        )
+    ]
+    assert fake.requests[0].path == "/v1/audio/transcriptions"
+
+
+async def test_transcription_queue(fake: FakeLLM, client: httpx.AsyncClient) -> None:
+    fake.enqueue_transcription(
+        "hello there",
+        Transcription(text="", seconds=7),
+        Transcription(text="tok", seconds=2, usage="tokens"),
+        Error.rate_limited(retry_after=2),
+        Raw(200, b"plain words", "text/plain"),
+    )
+    first = await transcribe(client)
+    assert first.json() == {"text": "hello there", "usage": {"type": "duration", "seconds": 3}}
+    assert (await transcribe(client)).json() == {
+        "text": "",
+        "usage": {"type": "duration", "seconds": 7},
+    }
+    tokens = (await transcribe(client)).json()
+    assert tokens["text"] == "tok"
+    assert tokens["usage"]["type"] == "tokens"
+    assert tokens["usage"]["input_token_details"] == {"text_tokens": 0, "audio_tokens": 20}
+    limited = await transcribe(client)
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "2"
+    assert (await transcribe(client)).content == b"plain words"
+    assert (await transcribe(client)).json()["text"].startswith("transcript of voice.ogg")
+    assert len(fake.transcription_requests()) == 6
+    with pytest.raises(TypeError):
+        fake.enqueue_transcription(Stream(["x"]))  # type: ignore[arg-type]
+
+
+async def test_transcription_response_formats(fake: FakeLLM, client: httpx.AsyncClient) -> None:
+    fake.enqueue_transcription(Transcription(text="hi", seconds=3.2), "plain")
+    verbose = await transcribe(
+        client, data={"model": "whisper-1", "response_format": "verbose_json"}
+    )
+    assert verbose.json() == {
+        "task": "transcribe",
+        "language": "english",
+        "duration": 3.2,
+        "text": "hi",
+        "segments": [],
+        "usage": {"type": "duration", "seconds": 4},
+    }
+    text = await transcribe(client, data={"model": "whisper-1", "response_format": "text"})
+    assert text.headers["content-type"].startswith("text/plain")
+    assert text.text == "plain\n"
+    srt = await transcribe(client, data={"model": "whisper-1", "response_format": "srt"})
+    assert srt.status_code == 400
+    assert srt.json()["error"]["param"] == "response_format"
+
+
+async def test_transcription_validation(fake: FakeLLM, client: httpx.AsyncClient) -> None:
+    fake.enqueue_transcription("kept")
+    no_file = await client.post(
+        "/audio/transcriptions", files={"x": ("a", b"1")}, data={"model": "m"}
+    )
+    no_name = await client.post(
+        "/audio/transcriptions", files={"other": ("a", b"1")}, data={"model": "m", "file": "x"}
+    )
+    no_model = await transcribe(client, data={"response_format": "json"})
+    as_json = await client.post("/audio/transcriptions", json={"model": "m", "file": "x"})
+    for resp in (no_file, no_name, no_model, as_json):
+        assert resp.status_code == 400
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+        assert resp.json()["error"]["code"] is None
+    assert no_file.json()["error"] == {
+        "message": "Missing required parameter: 'file'.",
+        "type": "invalid_request_error",
+        "param": "file",
+        "code": None,
+    }
+    assert no_name.json()["error"]["param"] == "file"
+    assert no_model.json()["error"]["param"] == "model"
+    assert as_json.json()["error"]["message"] == "Could not parse multipart form"
+    # Rejected forms are recorded (a body that is no form is not) and take no reply.
+    assert [r.model for r in fake.transcription_requests()] == ["m", "m", None]
+    assert fake.transcription_requests()[1].fields == {"model": "m", "file": "x"}
+    assert fake.transcription_requests()[2].data == OGG
+    assert (await transcribe(client)).json()["text"] == "kept"
+
+
+async def test_transcription_auth(fake: FakeLLM) -> None:
+    async with httpx.AsyncClient(base_url=fake.base_url) as anonymous:
+        missing = await transcribe(anonymous)
+        bad = await anonymous.post(
+            "/audio/transcriptions",
+            files={"file": ("voice.ogg", OGG, "audio/ogg")},
+            data={"model": "whisper-1"},
+            headers={"Authorization": "Bearer sk-wrong-key"},
+        )
+    assert missing.status_code == bad.status_code == 401
+    assert bad.json()["error"]["code"] == "invalid_api_key"
+    assert fake.transcription_requests() == []
+
+
+@pytest.mark.parametrize("setting", [False, 405])
+async def test_transcription_route_absent(
+    fake: FakeLLM, client: httpx.AsyncClient, setting: Literal[False, 405]
+) -> None:
+    fake.transcriptions = setting
+    fake.enqueue_transcription("never")
+    resp = await transcribe(client)
+    if setting == 405:
+        assert resp.status_code == 405
+        assert resp.headers["allow"] == "GET"
+        assert resp.json() == {"detail": "Method Not Allowed"}
+    else:
+        assert resp.status_code == 404
+        assert resp.json()["error"]["message"] == "Resource not found"
+    assert fake.transcription_requests() == []
+    fake.transcriptions = True
+    assert (await transcribe(client)).json()["text"] == "never"
+
+
+async def test_transcription_constructor_flag() -> None:
+    async with (
+        FakeLLM(api_key=None, transcriptions=False) as server,
+        httpx.AsyncClient(base_url=server.base_url) as http,
+    ):
+        assert (await transcribe(http)).status_code == 404
+
+
+async def test_image_content_parts_are_checked_like_openai(
+    fake: FakeLLM, client: httpx.AsyncClient
+) -> None:
+    png = base64.b64encode(make_png()).decode()
+
+    def body(url: str) -> dict[str, Any]:
+        parts = [
+            {"type": "text", "text": "what is it?"},
+            {"type": "image_url", "image_url": {"url": url}},
+        ]
+        return chat_body(stream=False, messages=[{"role": "user", "content": parts}])
+
+    ok = await client.post("/chat/completions", json=body(f"data:image/png;base64,{png}"))
+    assert ok.status_code == 200
+    # Bytes that are not the declared format, a MIME type that is not an image, broken base64.
+    for url in (
+        f"data:image/jpeg;base64,{png}",
+        f"data:text/plain;base64,{png}",
+        "data:image/png;base64,%%%",
+    ):
+        bad = await client.post("/chat/completions", json=body(url))
+        assert bad.status_code == 400
+        error = bad.json()["error"]
+        assert error["param"] == "messages.[0].content.[1].image_url"
+        assert "Invalid image URL" in error["message"]
+    unknown = chat_body(
+        stream=False, messages=[{"role": "user", "content": [{"type": "video", "video": "x"}]}]
+    )
+    response = await client.post("/chat/completions", json=unknown)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "messages.[0].content.[0].type"

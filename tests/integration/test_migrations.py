@@ -25,8 +25,10 @@ from bot.db import (
     Base,
     ChatRepository,
     NewTurn,
+    NewUsage,
     TurnRepository,
     UsageRecord,
+    UsageRepository,
     create_engine,
     create_sessionmaker,
     migrate,
@@ -37,7 +39,7 @@ from bot.pricing import PriceList
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
-TABLES = {"chats", "users", "turns", "usage_records", "inbox"}
+TABLES = {"chats", "users", "turns", "usage_records", "inbox", "turn_images"}
 
 
 async def run_alembic(
@@ -122,7 +124,9 @@ def clauses(sql: str) -> set[str]:
     """A statement's head and its top-level column and constraint definitions.
 
     Compared as a set: clause order may legitimately differ, and SQLite's ALTER TABLE ADD COLUMN
-    appends the new column's definition to the last column's line of the stored statement.
+    appends the new column's definition to the last column's line of the stored statement. The
+    head's quotes are dropped: a table rebuilt by a batch migration is renamed into place, and
+    SQLite's ALTER TABLE RENAME stores its new name quoted (`CREATE TABLE "usage_records"`).
     """
     head, _, body = sql.partition("(")
     parts: list[str] = []
@@ -136,7 +140,7 @@ def clauses(sql: str) -> set[str]:
         depth += (char == "(") - (char == ")")
         current += char
     parts.append(current)
-    return {" ".join(head.split())} | {" ".join(part.split()) for part in parts}
+    return {" ".join(head.replace('"', "").split())} | {" ".join(part.split()) for part in parts}
 
 
 async def test_sqlite_migrations_build_exactly_the_model_schema(tmp_path: Path) -> None:
@@ -383,3 +387,144 @@ def test_alembic_command_line(tmp_path: Path) -> None:
     assert "No new upgrade operations detected" in result.stdout + result.stderr
     with closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+
+
+def transcription(**overrides: Any) -> NewUsage:
+    values: dict[str, Any] = {
+        "user_id": 1,
+        "chat_id": 1,
+        "model": "whisper-1",
+        "kind": "transcription",
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "estimated": False,
+        "status": "ok",
+        "latency_ms": 900,
+        "audio_seconds": 200,
+        **overrides,
+    }
+    return NewUsage(**values)
+
+
+async def test_0007_keeps_usage_and_admits_transcriptions(database_url: str) -> None:
+    """Rows from before 0007 keep everything (0 seconds of audio); transcriptions fit after."""
+    engine = create_engine(database_url)
+    sessionmaker = create_sessionmaker(engine)
+    record = UsageRecord
+    # The columns of 0006: the model's INSERT leaves out `audio_seconds`, which has no default
+    # in Python.
+    old = [
+        {"kind": "chat", "model": "small", "prompt_tokens": 12, "images": 0, "size": None},
+        {"kind": "image", "model": "dall-e-3", "prompt_tokens": 0, "images": 1, "size": "1x1"},
+    ]
+    fixed = {
+        "user_id": 1,
+        "chat_id": 1,
+        "completion_tokens": 3,
+        "estimated": False,
+        "status": "ok",
+        "latency_ms": 1,
+        "backend": "primary",
+    }
+    try:
+        await run_alembic(engine, command.upgrade, "0006")
+        async with sessionmaker() as session, session.begin():
+            for row in old:
+                await session.execute(insert(record).values(**fixed, **row))
+        with pytest.raises(IntegrityError):  # not yet a kind
+            async with sessionmaker() as session, session.begin():
+                await session.execute(
+                    insert(record).values(
+                        **fixed, kind="transcription", model="whisper-1", prompt_tokens=0
+                    )
+                )
+
+        await run_alembic(engine, command.upgrade, "0007")
+
+        async with sessionmaker() as session, session.begin():
+            await UsageRepository(session).add(transcription())
+        columns = (record.id, record.kind, record.model, record.prompt_tokens, record.images)
+        async with sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(*columns, record.size, record.backend, record.audio_seconds).order_by(
+                        record.id
+                    )
+                )
+            ).all()
+        # The old rows keep their ids (PostgreSQL's sequence skipped one: the refused insert).
+        assert [tuple(row) for row in rows[:2]] == [
+            (1, "chat", "small", 12, 0, None, "primary", 0),
+            (2, "image", "dall-e-3", 0, 1, "1x1", "primary", 0),
+        ]
+        assert tuple(rows[2])[1:] == ("transcription", "whisper-1", 0, 0, None, None, 200)
+        # The rebuilt table (on SQLite) still checks kinds and statuses.
+        for bad in ({"kind": "speech"}, {"status": "lost"}):
+            with pytest.raises(IntegrityError):
+                async with sessionmaker() as session, session.begin():
+                    values = {
+                        "user_id": 1,
+                        "chat_id": 1,
+                        "model": "m",
+                        "kind": "chat",
+                        "prompt_tokens": 0,
+                        "completion_tokens": 0,
+                        "estimated": False,
+                        "status": "ok",
+                        "latency_ms": 1,
+                    }
+                    await session.execute(insert(record).values({**values, **bad}))
+        async with engine.connect() as conn:
+            indexes = await conn.run_sync(
+                lambda c: sorted(i["name"] for i in inspect(c).get_indexes("usage_records"))
+            )
+        assert indexes == [
+            "ix_usage_records_chat_id_created_at",
+            "ix_usage_records_created_at",
+            "ix_usage_records_model_created_at",
+            "ix_usage_records_user_id_created_at",
+        ]
+    finally:
+        await engine.dispose()
+
+
+async def test_0007_downgrade_deletes_transcriptions_and_keeps_the_rest(
+    database_url: str,
+) -> None:
+    engine = create_engine(database_url)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        await run_alembic(engine, command.upgrade, "0007")
+        async with sessionmaker() as session, session.begin():
+            await UsageRepository(session).add(
+                transcription(kind="chat", model="small", prompt_tokens=5, audio_seconds=0),
+                transcription(),
+                transcription(status="error", audio_seconds=0),
+            )
+
+        await run_alembic(engine, command.downgrade, "0006")
+
+        async with engine.connect() as conn:
+            columns = await conn.run_sync(
+                lambda c: {col["name"] for col in inspect(c).get_columns("usage_records")}
+            )
+            assert "audio_seconds" not in columns
+            rows = (
+                await conn.exec_driver_sql("SELECT kind, model, prompt_tokens FROM usage_records")
+            ).all()
+            assert [tuple(row) for row in rows] == [("chat", "small", 5)]
+        # Revision 0006's kinds again.
+        with pytest.raises(IntegrityError):
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(
+                    "INSERT INTO usage_records (user_id, chat_id, model, kind, prompt_tokens, "
+                    "completion_tokens, estimated, status, latency_ms) "
+                    "VALUES (1, 1, 'whisper-1', 'transcription', 0, 0, false, 'ok', 1)"
+                )
+
+        await run_alembic(engine, command.upgrade, "head")
+        async with engine.connect() as conn:
+            assert await conn.run_sync(schema_differences) == []
+            assert await conn.run_sync(schema_facts) == metadata_facts()
+    finally:
+        await engine.dispose()

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bot.db import ChatRepository, UsageRecord, UserRepository
+from bot.db import ChatRepository, NewUsage, UsageRecord, UsageRepository, UserRepository
+from bot.db.repositories import MAX_USAGE_COUNT
 from bot.i18n import use_locale
 from bot.llm.client import LLMClient, RetryPolicy
 from bot.pricing import Price, PriceList
@@ -25,7 +26,7 @@ from bot.services.usage import (
     UsagePolicy,
     UsageService,
 )
-from bot.telegram.usage_view import bot_report_text
+from bot.telegram.usage_view import bot_report_text, user_report_text
 from tests.fakes.openai import Error, FakeLLM, Stream
 from tests.fakes.sink import RecordingSink
 
@@ -52,11 +53,13 @@ async def add_usage(
     kind: str = "chat",
     status: str = "ok",
     backend: str | None = None,
+    audio_seconds: int = 0,
 ) -> None:
     async with sessions() as session, session.begin():
         await session.execute(
             insert(UsageRecord).values(
                 backend=backend,
+                audio_seconds=audio_seconds,
                 user_id=user_id,
                 chat_id=chat_id,
                 model=model,
@@ -362,6 +365,188 @@ async def test_report_shows_budgets_with_what_is_used(sessionmaker: Sessionmaker
         ("monthly", "cost", pytest.approx(0.00025), 2.0, False),
     ]
     assert (await service.user_report(user_id=9)).budgets == ()  # owners have none
+
+
+# ---- transcriptions: seconds of audio, priced per minute -------------------------------------
+
+# Speech to text at $0.006 a minute; the chat models as in PRICES.
+VOICE_PRICES = PriceList(
+    default=PRICES.default,
+    models={**PRICES.models, "whisper-1": Price(per_audio_minute=0.006)},
+)
+
+
+def transcription(*, user_id: int = 1, chat_id: int = 1, seconds: int = 200) -> NewUsage:
+    return NewUsage(
+        user_id=user_id,
+        chat_id=chat_id,
+        model="whisper-1",
+        kind="transcription",
+        prompt_tokens=0,
+        completion_tokens=0,
+        estimated=False,
+        status="ok",
+        latency_ms=900,
+        audio_seconds=seconds,
+    )
+
+
+async def add_voice(
+    sessions: Sessionmaker, *, seconds: int, user_id: int = 1, chat_id: int = 1
+) -> None:
+    """A transcription of `seconds` of audio, a minute before NOW."""
+    await add_usage(
+        sessions,
+        at=NOW - timedelta(minutes=1),
+        user_id=user_id,
+        chat_id=chat_id,
+        model="whisper-1",
+        kind="transcription",
+        audio_seconds=seconds,
+    )
+
+
+async def test_the_repository_stores_transcriptions_with_their_seconds_of_audio(
+    sessionmaker: Sessionmaker,
+) -> None:
+    async with sessionmaker() as session, session.begin():
+        await UsageRepository(session).add(
+            transcription(seconds=200), transcription(seconds=-3), transcription(seconds=2**40)
+        )
+    record = UsageRecord
+    async with sessionmaker() as session:
+        rows = (
+            await session.execute(
+                select(
+                    record.kind,
+                    record.model,
+                    record.prompt_tokens,
+                    record.completion_tokens,
+                    record.images,
+                    record.audio_seconds,
+                ).order_by(record.id)
+            )
+        ).all()
+    assert [tuple(row) for row in rows] == [
+        ("transcription", "whisper-1", 0, 0, 0, 200),
+        ("transcription", "whisper-1", 0, 0, 0, 0),  # counts are clamped like the others
+        ("transcription", "whisper-1", 0, 0, 0, MAX_USAGE_COUNT),
+    ]
+
+
+async def test_transcriptions_cost_by_the_minute_in_reports_and_rankings(
+    sessionmaker: Sessionmaker,
+) -> None:
+    await add_people(sessionmaker)
+    # Ann: 3 min 20 s, then 100 s; Bob: 10 min of voice and a chat answer.
+    await add_voice(sessionmaker, seconds=200)
+    await add_voice(sessionmaker, seconds=100)
+    await add_voice(sessionmaker, user_id=2, chat_id=-100, seconds=600)
+    await add_usage(
+        sessionmaker, at=NOW - timedelta(minutes=1), user_id=2, chat_id=-100, prompt=1000
+    )
+    service = UsageService(
+        sessions=sessionmaker, policy=policy(prices=VOICE_PRICES), clock=lambda: NOW
+    )
+
+    ann = by_period((await service.user_report(user_id=1)).periods)["today"]
+    assert (ann.total.requests, ann.total.tokens, ann.total.audio_seconds) == (2, 0, 300)
+    assert ann.total.cost == pytest.approx(5 * 0.006)
+    report = await service.bot_report()
+    today = by_period(report.periods)["today"]
+    assert today.total.audio_seconds == 900
+    assert today.total.cost == pytest.approx(15 * 0.006 + 0.001)
+    voice = next(m for m in today.models if m.model == "whisper-1")
+    assert (voice.figures.audio_seconds, voice.figures.tokens) == (900, 0)
+    # The rankings are summed in SQL: the same prices there.
+    assert [(u.id, u.audio_seconds) for u in report.top_users_by_cost] == [(2, 600), (1, 300)]
+    assert [u.cost for u in report.top_users_by_cost] == [
+        pytest.approx(10 * 0.006 + 0.001),
+        pytest.approx(5 * 0.006),
+    ]
+    assert report.top_chats_by_cost[0].id == -100
+    assert report.top_chats_by_cost[0].cost == pytest.approx(10 * 0.006 + 0.001)
+
+
+async def test_the_default_price_per_minute_prices_any_transcription_model(
+    sessionmaker: Sessionmaker,
+) -> None:
+    await add_voice(sessionmaker, seconds=90)
+    prices = PriceList(default=Price(per_audio_minute=0.01))
+    service = UsageService(sessions=sessionmaker, policy=policy(prices=prices), clock=lambda: NOW)
+
+    report = await service.bot_report()
+
+    assert report.priced
+    assert by_period(report.periods)["today"].total.cost == pytest.approx(0.015)
+    assert report.top_users_by_cost[0].cost == pytest.approx(0.015)
+
+
+async def test_transcription_cost_alone_reaches_a_cost_budget_but_not_a_token_budget(
+    sessionmaker: Sessionmaker,
+) -> None:
+    await add_voice(sessionmaker, seconds=3000)  # 50 min at $0.006: $0.30
+    tokens_only = BudgetService(
+        sessions=sessionmaker,
+        policy=policy(
+            prices=VOICE_PRICES,
+            user_limits=Limits(daily_tokens=1),
+            bot_limits=Limits(monthly_tokens=1),
+        ),
+        clock=lambda: NOW,
+    )
+    assert await tokens_only.check(user_id=1) is None
+
+    user_cost = BudgetService(
+        sessions=sessionmaker,
+        policy=policy(prices=VOICE_PRICES, user_limits=Limits(daily_cost=0.3)),
+        clock=lambda: NOW,
+    )
+    block = await user_cost.check(user_id=1)
+    assert block is not None
+    assert (block.scope, block.window, block.unit) == ("user", "daily", "cost")
+    assert block.used == pytest.approx(0.3)
+    assert await user_cost.check(user_id=2) is None
+
+    bot_cost = BudgetService(
+        sessions=sessionmaker,
+        policy=policy(prices=VOICE_PRICES, bot_limits=Limits(monthly_cost=0.25)),
+        clock=lambda: NOW,
+    )
+    block = await bot_cost.check(user_id=2)
+    assert block is not None and (block.scope, block.window) == ("bot", "monthly")
+
+
+async def test_usage_reports_show_the_voice_transcribed(sessionmaker: Sessionmaker) -> None:
+    await add_people(sessionmaker)
+    await add_voice(sessionmaker, seconds=200)
+    await add_usage(sessionmaker, at=NOW - timedelta(days=3), prompt=1000, completion=500)
+    await add_usage(sessionmaker, at=NOW - timedelta(days=3), user_id=2, prompt=10)
+    service = UsageService(
+        sessions=sessionmaker, policy=policy(prices=VOICE_PRICES), clock=lambda: NOW
+    )
+
+    with use_locale("en"):
+        own = "\n".join(user_report_text(await service.user_report(user_id=1), own=True))
+        bob = "\n".join(user_report_text(await service.user_report(user_id=2), own=False))
+        whole = "\n".join(bot_report_text(await service.bot_report()))
+
+    voice = "🎤 3 min 20 s of voice transcribed"
+    # Today only the voice: no "0 tokens" beside it.
+    assert f"Today: 1 request · {voice} · cost $0.02\n" in own
+    assert (
+        "This month: 2 requests · 1,500 tokens (prompt 1,000, completion 500) · "
+        f"{voice} · cost $0.022"
+    ) in own
+    assert f"  • whisper-1: 1 request · {voice} · cost $0.02" in own
+    assert "  • small: 1 request · 1,500 tokens (prompt 1,000, completion 500) · cost $0.002" in (
+        own
+    )
+    assert "🎤" not in bob  # none of his
+    assert f"Today: 1 request · {voice} · cost $0.02\n" in whole
+    assert f"  • whisper-1: 1 request · {voice} · cost $0.02" in whole
+    assert f"1. Ann Lee (@ann, id 1): 1,500 tokens · {voice} · cost $0.022" in whole
+    assert "Bob (id 2): 10 tokens · cost $0.00001" in whole
 
 
 # ---- the chat service records every call once and honours budgets --------------------------

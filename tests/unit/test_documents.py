@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import codecs
+import logging
 import random
+import time
 
 import pytest
 
 from bot.services.documents import (
     DEFAULT_DOCUMENT_MAX_BYTES,
+    PDF_INFLATED_BYTES_PER_BYTE,
+    PDF_MAX_PAGES,
+    PDF_STREAM_MAX_BYTES,
     DocumentRefusal,
     TextDocument,
     Trimmed,
     accepts,
     display_name,
+    is_pdf,
     read_document,
     trim_to_tokens,
     wrap,
 )
 from bot.services.tokens import TokenCounter
+from tests.fakes.pdf import encrypt_pdf, make_pdf, pdf_stream, text_content
 
 RUSSIAN = "Привет, мир! Это проверка кодировки файла.\n" * 4
 
@@ -65,7 +72,7 @@ def test_text_files_are_accepted(name: str | None, mime: str | None) -> None:
         ("setup.exe", "application/x-msdownload"),
         ("photo.png", "image/png"),
         ("archive.zip", None),
-        ("report.pdf", "application/pdf"),
+        ("slides.pptx", "application/vnd.ms-powerpoint"),
         ("notes.txt.exe", None),  # only the last extension counts
         (None, None),
         ("Makefile", None),  # no extension and no MIME type: nothing says it is text
@@ -294,3 +301,217 @@ def test_wrap_notes_a_trimmed_text() -> None:
     wrapped = wrap(document, "x" * 1200, trimmed=True, total_chars=5000)
     assert wrapped.endswith("```\n[… trimmed: the first 1200 of 5000 characters are shown]")
     assert wrapped.startswith("File: big.txt\n```\n")
+
+
+# --- PDFs -----------------------------------------------------------------------------------
+
+PDF_LIMIT = 10 * 1024 * 1024  # the handler's PDF byte limit by default
+
+
+def _read_pdf(data: bytes, name: str = "report.pdf", **kwargs: int) -> TextDocument:
+    result = read_document(name, "application/pdf", data, **kwargs)
+    assert isinstance(result, TextDocument), result
+    return result
+
+
+def _wrapped(document: TextDocument) -> str:
+    return wrap(document, document.text, trimmed=False, total_chars=len(document.text))
+
+
+@pytest.mark.parametrize(
+    ("name", "mime"),
+    [
+        ("report.pdf", None),
+        ("SCAN.PDF", "application/octet-stream"),  # the extension is enough
+        (None, "application/pdf"),
+        ("document", "Application/PDF; name=document"),
+    ],
+)
+def test_pdfs_are_accepted(name: str | None, mime: str | None) -> None:
+    assert accepts(name, mime)
+    assert is_pdf(name, mime)
+
+
+def test_text_files_are_not_pdfs() -> None:
+    assert not is_pdf("notes.txt", "text/plain")
+    assert not is_pdf("report.pdf.txt", None)
+    assert not is_pdf(None, None)
+
+
+def test_the_pages_of_a_pdf_are_read_in_order() -> None:
+    data = make_pdf(text_content("First page, line one", "line two"), text_content("Second page"))
+    document = _read_pdf(data)
+    assert document.text == "First page, line one\nline two\n\nSecond page"
+    assert (document.pages_read, document.pages_total) == (2, 2)
+    assert document.name == "report.pdf"
+    wrapped = _wrapped(document)
+    assert wrapped.startswith("File: report.pdf\n```\nFirst page, line one\n")
+    assert "cut:" not in wrapped  # every page was read
+
+
+def test_a_pdf_is_read_by_its_mime_type_alone() -> None:
+    data = make_pdf(text_content("Sent without a name"))
+    assert _read_pdf(data, name="upload").text == "Sent without a name"
+
+
+def test_deflated_content_streams_are_read() -> None:
+    document = _read_pdf(make_pdf(text_content("Compressed words"), compress=True))
+    assert document.text == "Compressed words"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"plain words, not a PDF", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + b"\x00" * 64, b""],
+    ids=["text", "png", "empty"],
+)
+def test_a_pdf_name_without_a_pdf_inside_is_refused(data: bytes) -> None:
+    assert read_document("report.pdf", None, data) is DocumentRefusal.NOT_TEXT
+    assert read_document(None, "application/pdf", data) is DocumentRefusal.NOT_TEXT
+
+
+def test_a_pdf_named_as_text_is_read_as_a_pdf() -> None:
+    data = make_pdf(text_content("Renamed, still a PDF"))
+    document = read_document("notes.txt", "text/plain", data)
+    assert isinstance(document, TextDocument)
+    assert document.text == "Renamed, still a PDF"
+
+
+def test_a_text_file_that_starts_like_a_pdf_is_read_as_text() -> None:
+    text = "%PDF-1.7 is the version we target.\nNothing else here is PDF.\n"
+    document = _read("notes.txt", text.encode())
+    assert document.text == text
+    assert document.encoding == "utf-8"
+
+
+def test_a_pdf_locked_with_a_password_is_refused() -> None:
+    data = encrypt_pdf(
+        make_pdf(text_content("Top secret")), user_password="secret", owner_password="owner"
+    )
+    assert read_document("locked.pdf", None, data) is DocumentRefusal.ENCRYPTED
+
+
+def test_a_pdf_that_opens_without_a_password_is_read() -> None:
+    # Only editing is locked (an owner password): anyone may open and read it.
+    data = encrypt_pdf(
+        make_pdf(text_content("Read me, do not edit me")), user_password="", owner_password="o"
+    )
+    assert _read_pdf(data).text == "Read me, do not edit me"
+
+
+def _truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"%PDF-1.7\n" + random.Random(3).randbytes(4096),
+        b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R\n",
+        b"%PDF-1.7\n",
+        _truncated(make_pdf(text_content("cut short"))),
+        make_pdf(b"BT /F1 12 Tf " + b"[" * 5000 + b" TJ ET"),  # pypdf recurses into each array
+    ],
+    ids=["noise", "no-trailer", "header-only", "truncated", "deep-nesting"],
+)
+def test_a_broken_pdf_is_unreadable_without_an_exception(data: bytes) -> None:
+    assert read_document("broken.pdf", None, data) is DocumentRefusal.UNREADABLE
+
+
+def test_a_pdf_with_a_wrong_cross_reference_offset_is_still_read() -> None:
+    data = make_pdf(text_content("Repaired on the fly")).replace(b"startxref\n", b"startxref\n9")
+    assert _read_pdf(data).text == "Repaired on the fly"
+
+
+def test_mangled_pdfs_never_raise() -> None:
+    original = make_pdf(
+        text_content("Line one", "Line two"), text_content("Page two"), compress=True
+    )
+    rng = random.Random(11)
+    for _attempt in range(60):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        result = read_document("mangled.pdf", None, bytes(data))
+        assert isinstance(result, TextDocument | DocumentRefusal)
+
+
+def test_a_pdf_without_text_is_refused_as_such() -> None:
+    scan_like = make_pdf(b"0.5 g 72 72 468 648 re f", b"q 1 0 0 1 0 0 cm Q")
+    assert read_document("scan.pdf", None, scan_like) is DocumentRefusal.NO_TEXT
+
+
+def test_only_the_first_pages_of_a_long_pdf_are_read_and_the_cut_is_noted() -> None:
+    total = PDF_MAX_PAGES + 5
+    data = make_pdf(*(text_content(f"Page {n} of the manual") for n in range(1, total + 1)))
+    document = _read_pdf(data)
+    assert (document.pages_read, document.pages_total) == (PDF_MAX_PAGES, total)
+    assert f"Page {PDF_MAX_PAGES} of the manual" in document.text
+    assert f"Page {PDF_MAX_PAGES + 1} of the manual" not in document.text
+    wrapped = _wrapped(document)
+    cut = f"[… cut: only the first {PDF_MAX_PAGES} of {total} pages were read]"
+    assert wrapped.endswith(f"```\n{cut}")
+    trimmed = wrap(document, document.text[:100], trimmed=True, total_chars=len(document.text))
+    assert f"```\n{cut}\n[… trimmed" in trimmed
+    assert trimmed.endswith(
+        f"[… trimmed: the first 100 of {len(document.text)} characters are shown]"
+    )
+
+
+def test_reading_stops_once_the_text_passes_four_times_the_byte_limit() -> None:
+    # Deflated content: 12,000 characters per page from a few hundred bytes.
+    pages = [text_content(f"{n}" * 12_000) for n in range(1, 6)]
+    data = make_pdf(*pages, compress=True)
+    assert 4 * len(data) < 12_000  # the first page is past the cap
+    document = _read_pdf(data, max_bytes=len(data))
+    assert document.text == "1" * 12_000
+    assert "first 1 of 5 pages" in _wrapped(document)
+
+
+def _form(content: bytes) -> bytes:
+    """A form XObject that can show text in Helvetica."""
+    extra = b" /Type /XObject /Subtype /Form /BBox [0 0 612 792]"
+    extra += b" /Resources << /Font << /F1 3 0 R >> >>"
+    return pdf_stream(content, extra=extra, compress=True)
+
+
+def test_a_page_that_inflates_past_the_budget_ends_the_reading() -> None:
+    limit = 64 * 1024
+    inflated = b"%" + b" " * (PDF_INFLATED_BYTES_PER_BYTE * limit) + b"\n"
+    data = make_pdf(text_content("Kept"), text_content("Lost") + b"\n" + inflated, compress=True)
+    assert len(data) < limit
+    document = _read_pdf(data, max_bytes=limit)
+    assert document.text == "Kept"
+    assert "first 1 of 2 pages" in _wrapped(document)
+
+
+def test_form_xobjects_count_toward_the_budget() -> None:
+    limit = 64 * 1024
+    blank = b" " * (limit * PDF_INFLATED_BYTES_PER_BYTE // 4)
+    forms = tuple(_form(b"%d" % i + blank + text_content("hidden")) for i in range(8))
+    shows = b" ".join(b"/X%d Do" % i for i in range(8))
+    data = make_pdf(text_content("Kept"), shows, compress=True, objects=forms)
+    assert len(data) < limit
+    document = _read_pdf(data, max_bytes=limit)
+    assert document.text == "Kept"
+    assert (document.pages_read, document.pages_total) == (1, 2)
+
+
+def test_a_stream_that_inflates_past_the_stream_limit_is_unreadable_quickly() -> None:
+    bomb = b"%" + b" " * (PDF_STREAM_MAX_BYTES + 1)
+    data = make_pdf(bomb + b"\n" + text_content("never read"), compress=True)
+    assert len(data) < 100 * 1024
+    started = time.monotonic()
+    assert read_document("bomb.pdf", None, data, max_bytes=PDF_LIMIT) is (
+        DocumentRefusal.UNREADABLE
+    )
+    assert time.monotonic() - started < 5
+
+
+def test_pdf_content_never_reaches_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    # pypdf warns about junk before the header and quotes it.
+    data = b"SECRET-WORDS\n" + make_pdf(text_content("Also secret"))[:-40]
+    read_document("report.pdf", None, data)
+    read_document("report.pdf", None, b"SECRET-WORDS\n" + make_pdf(text_content("Also secret")))
+    assert "SECRE" not in caplog.text
+    assert "Also secret" not in caplog.text

@@ -68,10 +68,10 @@ async def retry(message: Message, chat_service: ChatService, replies: Replies) -
 
 
 async def unsupported(message: Message, replies: Replies) -> None:
-    """Stickers, voice and captionless photos: say what is supported."""
+    """Stickers, videos, locations and the like: say what is supported."""
     text = _(
-        "I can read text messages and text files. Stickers, voice messages and photos without "
-        "a caption are not supported yet — please write your question as text."
+        "I can read text, pictures, voice messages and text files. Stickers, videos and the "
+        "like are not supported — please write your question as text."
     )
     await replies.text(message, text)
 

@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import io
-import logging
 
-import aiohttp
 from aiogram import Bot, F, Router
-from aiogram.exceptions import TelegramAPIError
 from aiogram.types import Message
 
 from bot.config import Settings
 from bot.i18n import _, format_number
 from bot.services.chat import ChatService
-from bot.services.documents import DocumentRefusal, accepts, read_document
+from bot.services.documents import DocumentRefusal, accepts, is_pdf, read_document
+from bot.telegram.downloads import DownloadFailed, TooLarge, download
 from bot.telegram.filters import Addressed, NotFromBot
 from bot.telegram.replies import Replies
 from bot.telegram.requests import chat_request
-
-logger = logging.getLogger(__name__)
-
-DOWNLOAD_TIMEOUT_SECONDS = 30
-
-
-class _TooLarge(Exception):
-    """The download went past the byte limit."""
-
-
-class _CappedBuffer(io.BytesIO):
-    """Holds a download in memory and refuses it once it grows past `limit` bytes."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self._limit = limit
-
-    def write(self, data: bytes, /) -> int:  # type: ignore[override]
-        """Append `data`, unless the whole would exceed the limit."""
-        if self.tell() + len(data) > self._limit:
-            raise _TooLarge
-        return super().write(data)
 
 
 async def document(
@@ -55,36 +30,33 @@ async def document(
     user = message.from_user
     if attached is None or user is None:
         return
-    limit = settings.document_max_bytes
+    pdf = is_pdf(attached.file_name, attached.mime_type)
+    limit = settings.pdf_max_bytes if pdf else settings.document_max_bytes
     if not accepts(attached.file_name, attached.mime_type):
         await replies.text(message, _not_text())
         return
     if attached.file_size is not None and attached.file_size > limit:
-        await replies.text(message, _too_large(limit))
+        await replies.text(message, _too_large(limit, pdf=pdf))
         return
     # A spent budget is refused before anything is downloaded.
     refusal = await chat_service.budget_refusal(user_id=user.id)
     if refusal is not None:
         await replies.text(message, refusal)
         return
-    buffer = _CappedBuffer(limit)
     try:
-        await bot.download(attached.file_id, destination=buffer, timeout=DOWNLOAD_TIMEOUT_SECONDS)
-    except _TooLarge:
-        await replies.text(message, _too_large(limit))
+        data = await download(bot, attached.file_id, limit=limit, chat_id=message.chat.id)
+    except TooLarge:
+        await replies.text(message, _too_large(limit, pdf=pdf))
         return
-    except (TelegramAPIError, aiohttp.ClientError, TimeoutError) as exc:
-        logger.warning("chat %s: file download failed: %s", message.chat.id, type(exc).__name__)
-        await replies.text(message, _("I could not download this file. Please send it again."))
+    except DownloadFailed:
+        await replies.text(message, download_failed())
         return
     # Guessing an encoding can take a second on a large file: off the event loop.
     read = await asyncio.to_thread(
-        read_document, attached.file_name, attached.mime_type, buffer.getvalue(), max_bytes=limit
+        read_document, attached.file_name, attached.mime_type, data, max_bytes=limit
     )
     if isinstance(read, DocumentRefusal):
-        # Past the limit cannot happen here: the download stopped at it.
-        empty = read is DocumentRefusal.EMPTY
-        await replies.text(message, _("This file has no text in it.") if empty else _not_text())
+        await replies.text(message, _refusal(read))
         return
     text = chat_service.document_turn(read, prompt)
     writer = replies.writer(message)
@@ -93,17 +65,39 @@ async def document(
         await replies.chat_moved(old_chat_id=message.chat.id, new_chat_id=writer.moved_to)
 
 
+def download_failed() -> str:
+    """The file could not be downloaded from Telegram."""
+    return _("I could not download this file. Please send it again.")
+
+
+def _refusal(refusal: DocumentRefusal) -> str:
+    """Why the file was not read (past the limit cannot happen: the download stops at it)."""
+    if refusal is DocumentRefusal.EMPTY:
+        return _("This file has no text in it.")
+    if refusal is DocumentRefusal.ENCRYPTED:
+        return _("This PDF is protected with a password, so I cannot read it.")
+    if refusal is DocumentRefusal.UNREADABLE:
+        return _("This PDF is damaged or too complex to read.")
+    if refusal is DocumentRefusal.NO_TEXT:
+        return _(
+            "This PDF has no text layer (it looks like scanned pages). Send the pages as "
+            "photos instead."
+        )
+    return _not_text()
+
+
 def _not_text() -> str:
     return _(
-        "I can read text files (.txt, .md, .csv, .json, .log, source code and the like), but "
-        "not this one."
+        "I can read text files (.txt, .md, .csv, .json, .log, source code and the like), PDFs, "
+        "pictures and voice messages, but not this file."
     )
 
 
-def _too_large(limit: int) -> str:
-    return _("This file is too large: I read text files of up to {size} KB.").format(
-        size=format_number(limit // 1024)
-    )
+def _too_large(limit: int, *, pdf: bool) -> str:
+    size = format_number(limit // 1024)
+    if pdf:
+        return _("This PDF is too large: I read PDFs of up to {size} KB.").format(size=size)
+    return _("This file is too large: I read text files of up to {size} KB.").format(size=size)
 
 
 def build_router() -> Router:
