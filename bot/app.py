@@ -15,6 +15,8 @@ import httpx
 from aiogram import Bot, Dispatcher
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
+from aiohttp import web
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -65,10 +67,13 @@ from bot.telegram.middlewares import (
 from bot.telegram.pacing import FloodGate
 from bot.telegram.replies import Replies
 from bot.telegram.session import BotSession
+from bot.telegram.webhook import UpdateQueue, WebhookServer
 
 logger = logging.getLogger(__name__)
 
 ALLOWED_UPDATES = ["message", "callback_query", "stopped_message_generation"]
+# Seconds GET /readyz waits for the database.
+READY_TIMEOUT = 2.0
 
 
 @dataclass
@@ -84,6 +89,8 @@ class App:
     tracker: InflightTracker
     inbox: Inbox
     chat_service: ChatService
+    # Webhook mode: the stored updates this replica claims and handles.
+    updates: UpdateQueue | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,15 @@ async def build_app(settings: Settings) -> App:
     # Every fetched batch is stored before aiogram's next getUpdates confirms it to Telegram.
     bot.session.middleware(InboxRecorder(inbox))
     dispatcher = build_dispatcher(settings, services, bot=bot, tracker=tracker)
+    updates = None
+    if settings.bot_mode == "webhook":
+        updates = UpdateQueue(
+            sessions=sessions,
+            dispatcher=dispatcher,
+            bot=bot,
+            tracker=tracker,
+            lease=settings.webhook_lease_seconds,
+        )
     app = App(
         settings=settings,
         engine=engine,
@@ -134,6 +150,7 @@ async def build_app(settings: Settings) -> App:
         tracker=tracker,
         inbox=inbox,
         chat_service=services.chat_service,
+        updates=updates,
     )
     dispatcher["app"] = app
     dispatcher.startup.register(_on_startup)
@@ -370,14 +387,18 @@ def build_dispatcher(
 
 
 async def _on_startup(app: App) -> None:
-    # Before polling fetches anything newer, so every chat's messages stay in order.
-    await app.inbox.replay(app.dispatcher, app.bot)
+    if app.updates is None:
+        # Before polling fetches anything newer, so every chat's messages stay in order.
+        await app.inbox.replay(app.dispatcher, app.bot)
     me = await app.bot.me()
     logger.info(
         "bot @%s (id %s) starting, backend %s", me.username, me.id, app.settings.llm_base_url
     )
+    if app.updates is not None:
+        await _register_webhook(app)
     try:
-        await app.bot.delete_webhook(drop_pending_updates=False)
+        if app.updates is None:
+            await app.bot.delete_webhook(drop_pending_updates=False)
         # Telegram shows each user the menu of their app's language, else the default one
         # (registered without a language code). A fixed DEFAULT_LANGUAGE words them all alike.
         for code in (None, *(c for c in i18n.LOCALES if c != i18n.DEFAULT_LOCALE)):
@@ -388,11 +409,37 @@ async def _on_startup(app: App) -> None:
         logger.warning("could not register the command menu: %s", exc)
 
 
+async def _register_webhook(app: App) -> None:
+    """Tell Telegram where to post updates; every replica may do it (it is idempotent)."""
+    settings = app.settings
+    secret = settings.webhook_secret
+    assert secret is not None  # checked with the settings
+    if not settings.webhook_url.startswith("https://"):
+        logger.warning("WEBHOOK_URL is not https: Telegram posts only to https URLs")
+    await app.bot.set_webhook(
+        url=settings.webhook_url,
+        secret_token=secret.get_secret_value(),
+        allowed_updates=ALLOWED_UPDATES,
+        max_connections=settings.webhook_max_connections,
+        drop_pending_updates=False,
+    )
+    logger.info(
+        "webhook registered; updates are stored and claimed as %s",
+        app.updates and app.updates.owner,
+    )
+
+
 async def _on_shutdown(app: App) -> None:
     app.tracker.stop()
     await app.tracker.drain(app.settings.shutdown_grace)
     # An answer cut short by the stop is still written: wait for it before the engine goes.
     await app.chat_service.close()
+    if app.updates is not None:
+        try:
+            await app.updates.close()
+        except SQLAlchemyError as exc:
+            # Not lost: the leases run out and another replica (or the next start) takes them.
+            logger.warning("webhook queue: could not release the leases: %s", exc)
     if app.inbox.last_stored_id is not None:
         # Telegram confirms updates only when the next getUpdates carries a higher offset;
         # without this, the last batch would be fetched again after a restart. Confirming all
@@ -482,6 +529,15 @@ async def _serve(app: App, *, stop: asyncio.Event, polling_timeout: int) -> None
     beat = None
     if app.settings.heartbeat_file:
         beat = asyncio.create_task(health.heartbeat(Path(app.settings.heartbeat_file)))
+    if app.updates is not None:
+        try:
+            await _serve_webhook(app, app.updates, stop=stop)
+        finally:
+            if beat is not None:
+                beat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await beat
+        return
     polling = asyncio.create_task(
         app.dispatcher.start_polling(
             app.bot,
@@ -500,6 +556,55 @@ async def _serve(app: App, *, stop: asyncio.Event, polling_timeout: int) -> None
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+
+async def _serve_webhook(app: App, updates: UpdateQueue, *, stop: asyncio.Event) -> None:
+    """Serve Telegram's posts and handle stored updates until `stop`."""
+    settings = app.settings
+    secret = settings.webhook_secret
+    assert secret is not None  # checked with the settings
+    server = WebhookServer(
+        path=settings.webhook_route(),
+        secret=secret.get_secret_value(),
+        queue=updates,
+        ready=lambda: _unready(app),
+    )
+    runner = web.AppRunner(server.application(), access_log=None, handle_signals=False)
+    await runner.setup()
+    host, port = settings.webhook_address()
+    workflow = app.dispatcher.workflow_data
+    started = False
+    worker = None
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        logger.info("webhook server listening on %s:%s%s", host, port, settings.webhook_route())
+        await app.dispatcher.emit_startup(bot=app.bot, **workflow)
+        started = True
+        worker = asyncio.create_task(updates.run())
+        await stop.wait()
+    finally:
+        # Telegram's posts go elsewhere (or wait) from now on; no new handler begins.
+        app.tracker.stop()
+        updates.stop()
+        if worker is not None:
+            await worker
+        await runner.cleanup()
+        if started:
+            await app.dispatcher.emit_shutdown(bot=app.bot, **workflow)
+        else:
+            await _close_unstarted(app)
+        await app.bot.session.close()
+
+
+async def _unready(app: App) -> str | None:
+    """What the bot cannot reach now (None when all is well): for GET /readyz."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT), app.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        return f"database: {type(exc).__name__}"
+    return None
 
 
 async def _stop_polling_when(stop: asyncio.Event, app: App, polling: asyncio.Task[None]) -> None:

@@ -6,6 +6,7 @@ import json
 import re
 from datetime import UTC, tzinfo
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -58,6 +59,17 @@ class TelegramSettings(BaseModel):
     log_level: str = "INFO"
     # A file the bot touches while its event loop runs, for `python -m bot.health` (empty: off).
     heartbeat_file: str = ""
+    # polling: ask Telegram for updates (one process). webhook: Telegram posts them to
+    # WEBHOOK_URL, served at WEBHOOK_LISTEN (several replicas behind one URL may share them).
+    bot_mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str = ""
+    webhook_secret: SecretStr | None = None
+    webhook_listen: str = "0.0.0.0:8080"
+    webhook_path: str = ""  # empty: the path of WEBHOOK_URL
+    webhook_max_connections: int = Field(default=40, ge=1, le=100)
+    # How long an update stays with the replica that claimed it without a renewal: a killed
+    # replica's updates are answered by another one after at most this long.
+    webhook_lease_seconds: float = Field(default=30.0, ge=1, le=300)
 
     @field_validator("owner_ids", "allowed_user_ids", "allowed_chat_ids", mode="before")
     @classmethod
@@ -100,6 +112,65 @@ class TelegramSettings(BaseModel):
     @classmethod
     def _mode(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("bot_mode", mode="before")
+    @classmethod
+    def _bot_mode(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str) -> str:
+        return _http_url(value) if value.strip() else ""
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        if not _WEBHOOK_SECRET.fullmatch(value.get_secret_value()):
+            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
+        return value
+
+    @field_validator("webhook_listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, _, port = value.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:8080")
+        return value.strip()
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _check_webhook_path(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_needs(self) -> Self:
+        if self.bot_mode == "webhook":
+            missing = [
+                name
+                for name, given in (
+                    ("WEBHOOK_URL", self.webhook_url),
+                    ("WEBHOOK_SECRET", self.webhook_secret),
+                )
+                if not given
+            ]
+            if missing:
+                raise ValueError(f"BOT_MODE=webhook needs {' and '.join(missing)}")
+        return self
+
+    def webhook_route(self) -> str:
+        """The path the webhook server answers Telegram's posts on."""
+        return self.webhook_path or (urlsplit(self.webhook_url).path or "/")
+
+    def webhook_address(self) -> tuple[str, int]:
+        """The host and port the webhook server listens on."""
+        host, _, port = self.webhook_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @field_validator("log_level")
     @classmethod
@@ -428,6 +499,9 @@ def _http_url(value: str) -> str:
         raise ValueError("must start with http:// or https://")
     return value
 
+
+# What Telegram accepts as a webhook's secret_token.
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 PRICE_FIELDS = frozenset({"prompt", "completion", "image", "audio_minute"})
 

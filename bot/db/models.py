@@ -199,8 +199,15 @@ class InboxUpdate(Base):
     """A Telegram update fetched and not yet handled: fed to the bot again at the next start."""
 
     __tablename__ = "inbox"
+    # "The oldest waiting update of this chat" is the first entry of this index's range.
+    __table_args__ = (Index(None, "chat_key", "update_id"),)
 
     update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     # The update as Telegram's JSON, read back with aiogram's Update.model_validate_json.
     payload: Mapped[str] = mapped_column(Text)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=_NOW)
+    # Webhook mode: the chat whose updates are handled one at a time in update_id order (NULL:
+    # in no order, such as a Stop press), and the replica handling it until when.
+    chat_key: Mapped[int | None] = mapped_column(BigInteger)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)

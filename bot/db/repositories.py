@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -703,10 +703,15 @@ def _bounded_count(name: str, value: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """An update waiting in the inbox, as Telegram's JSON."""
+    """An update waiting in the inbox, as Telegram's JSON.
+
+    `chat_key`: the chat whose updates are handled one at a time, in update_id order (webhook
+    mode); None for an update handled in no particular order.
+    """
 
     update_id: int
     payload: str
+    chat_key: int | None = None
 
 
 class InboxRepository:
@@ -727,9 +732,75 @@ class InboxRepository:
         await self._session.execute(
             stmt,
             [
-                {"update_id": entry.update_id, "payload": entry.payload, "received_at": now}
+                {
+                    "update_id": entry.update_id,
+                    "payload": entry.payload,
+                    "chat_key": entry.chat_key,
+                    "received_at": now,
+                }
                 for entry in entries
             ],
+        )
+
+    async def claim(self, *, owner: str, limit: int, lease: float) -> list[InboxEntry]:
+        """Lease up to `limit` waiting updates to `owner` for `lease` seconds, oldest first.
+
+        Of each chat only its oldest update is taken, and only while no replica holds a live
+        lease on it: a chat's updates are handled one at a time, in order, by whichever replica
+        claims them. An update whose holder died is taken again once its lease ran out. On
+        PostgreSQL, replicas claiming at once skip each other's rows (FOR UPDATE SKIP LOCKED).
+        """
+        now = utcnow()
+        candidate = INBOX.alias("candidate")
+        earlier = INBOX.alias("earlier")
+        first_of_chat = or_(
+            candidate.c.chat_key.is_(None),
+            ~exists().where(
+                earlier.c.chat_key == candidate.c.chat_key,
+                earlier.c.update_id < candidate.c.update_id,
+            ),
+        )
+        picked = (
+            select(candidate.c.update_id)
+            .where(
+                or_(candidate.c.lease_until.is_(None), candidate.c.lease_until < now),
+                first_of_chat,
+            )
+            .order_by(candidate.c.update_id)
+            .limit(limit)
+        )
+        if self._session.get_bind().dialect.name == "postgresql":
+            picked = picked.with_for_update(skip_locked=True, of=candidate)
+        stmt = (
+            update(INBOX)
+            .where(INBOX.c.update_id.in_(picked))
+            .values(lease_owner=owner, lease_until=now + timedelta(seconds=lease))
+            .returning(INBOX.c.update_id, INBOX.c.payload, INBOX.c.chat_key)
+        )
+        rows = (await self._session.execute(stmt)).all()
+        entries = [
+            InboxEntry(update_id=r.update_id, payload=r.payload, chat_key=r.chat_key) for r in rows
+        ]
+        return sorted(entries, key=lambda entry: entry.update_id)
+
+    async def renew(self, *, owner: str, update_ids: Sequence[int], lease: float) -> None:
+        """Extend `owner`'s leases on these updates by `lease` seconds from now."""
+        until = utcnow() + timedelta(seconds=lease)
+        ids = list(update_ids)
+        for start in range(0, len(ids), INBOX_DELETE_SLICE):
+            chunk = ids[start : start + INBOX_DELETE_SLICE]
+            await self._session.execute(
+                update(INBOX)
+                .where(INBOX.c.update_id.in_(chunk), INBOX.c.lease_owner == owner)
+                .values(lease_until=until)
+            )
+
+    async def release(self, *, owner: str) -> None:
+        """Give up `owner`'s leases: another replica may take those updates at once."""
+        await self._session.execute(
+            update(INBOX)
+            .where(INBOX.c.lease_owner == owner)
+            .values(lease_owner=None, lease_until=None)
         )
 
     async def remove(self, *, update_ids: Sequence[int]) -> None:

@@ -154,6 +154,18 @@ def _answers_at_once(message: Message) -> bool:
     return command.lower() in IMMEDIATE_COMMANDS
 
 
+def ordered_chat(update: Update) -> int | None:
+    """The chat whose messages this update must wait its turn in, or None if it need not wait.
+
+    As ChatSequencer orders them: a message, in its chat, unless it is a command that answers
+    at once; button presses and Stop are never held behind an answer they may be about.
+    """
+    message = update.message
+    if message is None or _answers_at_once(message):
+        return None
+    return message.chat.id
+
+
 class ChatSequencer(BaseMiddleware):
     """Outer message middleware: one message at a time per chat, in arrival order.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ class BotHarness:
     defaults: dict[str, Any] = field(default_factory=dict)
     app: App | None = None
     task: asyncio.Task[None] | None = None
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def settings(self, **overrides: Any) -> Settings:
         """Settings for the bot under test; never reads a developer's .env."""
@@ -52,18 +52,23 @@ class BotHarness:
         self.app = await build_app(self.settings(**overrides))
         if prepare is not None:
             prepare(self.app)
-        polled = len(self.tg.calls_to("getUpdates"))
-        self.task = asyncio.create_task(serve(self.app, handle_signals=False, polling_timeout=2))
-        # Polled by this run, not an earlier one: stopping before polling starts is refused.
-        await self.tg.wait_for(lambda t: len(t.calls_to("getUpdates")) > polled, timeout=10)
+        webhook = self.app.settings.bot_mode == "webhook"
+        method = "setWebhook" if webhook else "getUpdates"
+        polled = len(self.tg.calls_to(method))
+        self.stopping = asyncio.Event()
+        self.task = asyncio.create_task(
+            serve(self.app, handle_signals=False, polling_timeout=2, stop=self.stopping)
+        )
+        # Polled (or the webhook set) by this run, not an earlier one: stopping before polling
+        # starts is refused.
+        await self.tg.wait_for(lambda t: len(t.calls_to(method)) > polled, timeout=10)
         return self.app
 
     async def stop(self) -> None:
         """Stop polling the way SIGTERM does and wait for the clean shutdown."""
         if self.task is None or self.app is None:
             return
-        with contextlib.suppress(RuntimeError):
-            await self.app.dispatcher.stop_polling()
+        self.stopping.set()
         await asyncio.wait_for(self.task, timeout=30)
         self.task = None
         self.app = None

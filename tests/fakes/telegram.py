@@ -87,17 +87,64 @@ found`` for users the bot never saw (the Bot API knows only users who interacted
 ``getChatAdministrators`` lists the owner first, then the administrators; in a private chat it
 fails with ``Bad Request: there are no administrators in the private chat``.
 
+Webhooks (``setWebhook``, ``deleteWebhook``, ``getWebhookInfo``) follow the Bot API server's
+``Client.cpp`` and ``WebhookActor.cpp``:
+
+* ``setWebhook`` stores ``url``, ``secret_token`` (0-256 characters of ``A-Z a-z 0-9 _ -``; an
+  empty one means none; otherwise ``Bad Request: secret token is too long`` or ``Bad Request:
+  secret token contains unallowed characters``), ``max_connections`` (clamped to 1-100 as the
+  server does, without an error; default 40), ``allowed_updates`` (shared with getUpdates; an
+  omitted value keeps the previous setting), ``ip_address`` and whether a ``certificate`` was
+  uploaded. ``drop_pending_updates`` empties the queue; an empty ``url`` deletes the webhook.
+  Setting the same webhook again changes only ``allowed_updates``; setting another one starts
+  afresh (no last error, no retry schedule). A waiting getUpdates is answered with 409
+  ``Conflict: terminated by setWebhook request``, and while a webhook is set every getUpdates
+  gets 409 `CONFLICT_WEBHOOK`.
+* Deviation: Telegram accepts only ``https`` URLs on ports 80, 88, 443 and 8443. The fake also
+  accepts ``http`` and any port when the host is a loopback one (``127.0.0.1``, ``localhost``,
+  ``::1``), as a local Bot API server (``--local``) does; ``http`` to another host gets ``Bad
+  Request: bad webhook: An HTTPS URL must be provided for webhook``.
+* Delivery: while a webhook is set a background task POSTs every queued update that passes
+  ``allowed_updates`` as JSON (``Content-Type: application/json``), with the header
+  ``X-Telegram-Bot-Api-Secret-Token`` when a secret was set, with at most ``max_connections``
+  requests in flight. An update leaves the queue only after a 2xx answer (redirects are not
+  followed). Updates are ordered per queue as the server orders them: messages, edited messages
+  and stopped generations per chat, callback queries per user (a queue of their own). A queue's
+  next update is not sent while an earlier one is in flight or waiting for a retry; different
+  queues go in parallel.
+* Retries: a non-2xx answer, a connection error or no answer within
+  `FakeTelegram.webhook_timeout` seconds (default 10; Telegram waits about a minute) sends the
+  same update again after `FakeTelegram.webhook_retry_delay` seconds (default 0.2), doubling
+  with every further failure up to `FakeTelegram.webhook_max_retry_delay` (default 1), or after
+  the answer's ``Retry-After`` seconds. (Telegram retries at once, then after 2, 4, 8… s up to a
+  minute or two, and gives up after a day.) ``getWebhookInfo`` then reports ``last_error_date``
+  and ``last_error_message`` as the server words it: ``Wrong response from the webhook: 401
+  Unauthorized``, ``Connection refused``, ``Read timeout expired``, ``Webhook connection
+  closed``. ``pending_update_count`` counts the queue, the updates in flight included.
+* ``deleteWebhook`` (or setting another webhook) abandons the requests in flight: their updates
+  stay queued, for getUpdates or the next webhook, unless ``drop_pending_updates``.
+* Every attempt is recorded in `FakeTelegram.webhook_deliveries` (`WebhookDelivery`).
+  `FakeTelegram.wait_webhook_idle` waits until the queue is empty and nothing is in flight;
+  `FakeTelegram.redeliver` sends an update the bot already acknowledged once more, as Telegram
+  does when it did not see the answer in time.
+* Not emulated: the limit of one setWebhook per second (429 ``retry after 1``), a method call
+  in the webhook's answer (Telegram executes it; the fake only keeps the body in
+  `WebhookDelivery.response_body`), the slow opening of connections after a period of errors,
+  the webhook being closed after 23 hours of 410 answers, and the ``description`` texts ("Webhook
+  was set") of the answers.
+
 Simplified: of TDLib's entity clean-up only the nesting rules that matter for HTML are kept
 (nothing inside ``code``/``pre``, no quote inside a quote, no link inside a link). Not emulated:
 Markdown parse modes (refused with a 400 that says so), automatic detection of URLs, mentions and
-hashtags in the bot's own texts, inline messages, webhook delivery, and media other than photos
-and documents.
+hashtags in the bot's own texts, inline messages, and media other than photos and documents.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import itertools
 import json
 import math
@@ -110,6 +157,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 __all__ = [
@@ -120,6 +168,7 @@ __all__ = [
     "FloodControl",
     "SentMessage",
     "UploadedFile",
+    "WebhookDelivery",
     "finalize_text",
     "parse_html",
     "utf16_len",
@@ -133,6 +182,11 @@ CONFLICT_WEBHOOK = (
     "Conflict: can't use getUpdates method while webhook is active; "
     "use deleteWebhook to delete the webhook first"
 )
+CONFLICT_SET_WEBHOOK = "Conflict: terminated by setWebhook request"
+WEBHOOK_SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+WEBHOOK_DEFAULT_MAX_CONNECTIONS = 40
+_WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]*")
+_LOOPBACK_HOSTS = frozenset({"localhost"})
 NOT_MODIFIED = (
     "Bad Request: message is not modified: specified new message content and reply markup are "
     "exactly the same as a current content and reply markup of the message"
@@ -1000,6 +1054,29 @@ class Draft:
 
 
 @dataclass
+class WebhookDelivery:
+    """One POST of an update to the webhook, recorded when it is sent and completed when done.
+
+    `status` is the HTTP status of the answer (None without one); `error` is what
+    getWebhookInfo reports for a failed attempt (None after a 2xx answer, and while in flight).
+    """
+
+    update_id: int
+    url: str
+    at: float  # `clock` time the request was sent
+    status: int | None = None
+    error: str | None = None
+    done: bool = False  # False while the request is in flight
+    elapsed: float = 0.0  # seconds (event loop time) until the answer or the error
+    response_body: bytes = b""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the bot acknowledged the update (a 2xx answer)."""
+        return self.done and self.error is None and self.status is not None
+
+
+@dataclass
 class _Chat:
     id: int
     type: str
@@ -1099,6 +1176,9 @@ class FakeTelegram:
         bot_first_name: str = "Test LLM Bot",
         length_unit: str = "utf16",
         supports_drafts: bool = True,
+        webhook_timeout: float = 10.0,
+        webhook_retry_delay: float = 0.2,
+        webhook_max_retry_delay: float = 1.0,
     ) -> None:
         if length_unit not in ("utf16", "codepoints"):
             raise ValueError("length_unit must be 'utf16' or 'codepoints'")
@@ -1120,7 +1200,25 @@ class FakeTelegram:
         self.chat_actions: list[tuple[int, str]] = []
         # update_id -> `clock` time at which getUpdates first handed the update out
         self.handed_out: dict[int, float] = {}
+        # Webhook (see the module docstring): what setWebhook stored, how deliveries behave.
         self.webhook_url = ""
+        self.webhook_secret_token = ""  # "" when none was set
+        self.webhook_max_connections = 0  # 0 while no webhook is set
+        self.webhook_ip_address = ""
+        self.webhook_has_certificate = False
+        self.webhook_timeout = webhook_timeout
+        self.webhook_retry_delay = webhook_retry_delay
+        self.webhook_max_retry_delay = webhook_max_retry_delay
+        self.webhook_deliveries: list[WebhookDelivery] = []
+        self.webhook_last_error_date = 0  # unix time of the last failed delivery; 0 if none
+        self.webhook_last_error_message = ""
+        self._webhook_task: asyncio.Task[None] | None = None
+        self._webhook_wakeup = asyncio.Event()
+        self._webhook_in_flight: dict[int, asyncio.Task[None]] = {}
+        self._webhook_retry_at: dict[int, float] = {}  # update_id -> event loop time
+        self._webhook_failures: dict[int, int] = {}  # update_id -> failed attempts in a row
+        self._queue_keys: dict[int, tuple[str, int]] = {}  # update_id -> delivery queue
+        self._acknowledged: dict[int, dict[str, Any]] = {}  # updates the bot confirmed
         self._chats: dict[int, _Chat] = {}
         self._updates: deque[dict[str, Any]] = deque()
         self._update_ids = itertools.count(1)
@@ -1182,11 +1280,18 @@ class FakeTelegram:
         port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}"
         self._stopping = False
+        if self.webhook_url:
+            self._start_webhook()
 
     async def stop(self) -> None:
-        """Stop serving; pending long polls are answered with no updates."""
+        """Stop serving; pending long polls are answered with no updates.
+
+        Webhook delivery stops too (requests in flight are abandoned, their updates stay
+        queued); the webhook stays set, and delivery resumes on `start`.
+        """
         self._stopping = True
         self._wake()
+        await self._stop_webhook()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -1545,6 +1650,78 @@ class FakeTelegram:
                 )
             await asyncio.sleep(0.01)
 
+    # ---------------------------------------------------------------- webhook helpers
+
+    def webhook_in_flight(self) -> list[int]:
+        """The update_ids whose webhook request is waiting for an answer now."""
+        return sorted(self._webhook_in_flight)
+
+    def webhook_attempts(self, update_id: int) -> list[WebhookDelivery]:
+        """Every webhook delivery attempt of one update, oldest first."""
+        return [entry for entry in self.webhook_deliveries if entry.update_id == update_id]
+
+    async def wait_webhook_idle(
+        self,
+        timeout: float = 10,  # noqa: ASYNC109 - the tests' API names it so
+    ) -> None:
+        """Wait until no update is queued and no webhook request is in flight.
+
+        Updates that `allowed_updates` excludes do not count (Telegram never creates them).
+        AssertionError with the recent deliveries if that does not happen within `timeout`
+        seconds, e.g. because the bot keeps failing an update or no webhook is set.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            self._drop_unwanted()
+            if not self._updates and not self._webhook_in_flight:
+                return
+            if loop.time() >= deadline:
+                pending = [update["update_id"] for update in self._updates]
+                raise AssertionError(
+                    f"webhook not idle within {timeout} s (url {self.webhook_url!r}); queued "
+                    f"{pending}, in flight {self.webhook_in_flight()}; recent deliveries:\n"
+                    f"{self.dump_webhook_deliveries()}"
+                )
+            await asyncio.sleep(0.01)
+
+    def redeliver(self, update_id: int) -> dict[str, Any]:
+        """Queue an update the bot already acknowledged once more; returns it.
+
+        Telegram does this when it did not see the bot's answer in time. The update keeps its
+        update_id and goes back into the queue in update_id order, so it is delivered before
+        the later updates of its chat that are still queued. Meant for webhook mode; with
+        getUpdates it comes again until the bot's next offset confirms it.
+        """
+        if any(update["update_id"] == update_id for update in self._updates):
+            raise ValueError(f"update {update_id} is still queued")
+        update = self._acknowledged.get(update_id)
+        if update is None:
+            raise KeyError(f"update {update_id} was never acknowledged")
+        index = next(
+            (i for i, queued in enumerate(self._updates) if queued["update_id"] > update_id),
+            len(self._updates),
+        )
+        self._updates.insert(index, update)
+        self._webhook_failures.pop(update_id, None)
+        self._webhook_retry_at.pop(update_id, None)
+        self._wake()
+        return update
+
+    def dump_webhook_deliveries(self, last: int = 25) -> str:
+        """A readable summary of the most recent webhook deliveries, for assertion messages."""
+        lines = []
+        for entry in self.webhook_deliveries[-last:]:
+            if not entry.done:
+                outcome = "in flight"
+            else:
+                outcome = f"{entry.status} " if entry.status is not None else ""
+                outcome += entry.error or "ok"
+            lines.append(
+                f"  {entry.at:.3f} update {entry.update_id} -> {outcome} ({entry.elapsed:.3f} s)"
+            )
+        return "\n".join(lines) if lines else "  (no deliveries)"
+
     # ---------------------------------------------------------------- injecting failures
 
     def fail_next(
@@ -1799,6 +1976,7 @@ class FakeTelegram:
         for waiter in list(self._waiters):
             if not waiter.done():
                 waiter.set_result(None)
+        self._webhook_wakeup.set()
 
     def _ensure_chat(
         self,
@@ -1847,6 +2025,12 @@ class FakeTelegram:
             self.withheld.append(update)
             return update
         update = {"update_id": next(self._update_ids), kind: payload}
+        # The Bot API server's webhook queues: a chat's messages in order, a user's callback
+        # queries in order (apart from the messages), different queues in parallel.
+        if kind == "callback_query":
+            self._queue_keys[update["update_id"]] = ("user", payload["from"]["id"])
+        else:
+            self._queue_keys[update["update_id"]] = ("chat", chat.id)
         self._updates.append(update)
         self._wake()
         return update
@@ -2141,23 +2325,85 @@ class FakeTelegram:
         return {**chat.json(), "accent_color_id": 0, "max_reaction_count": 11}
 
     async def _set_webhook(self, ctx: _Context) -> Any:
-        self.webhook_url = str(ctx.params.get("url") or "")
-        if ctx.params.get("drop_pending_updates"):
-            self._updates.clear()
+        params = ctx.params
+        raw_url = params.get("url")
+        url = raw_url.strip() if isinstance(raw_url, str) else ""
+        if not url:
+            return await self._delete_webhook(ctx)  # an empty url removes the webhook
+        url = _checked_webhook_url(url)
+        raw_secret = params.get("secret_token")
+        secret = raw_secret if isinstance(raw_secret, str) else ""
+        if len(secret) > 256:
+            raise _bad("secret token is too long")
+        if not _WEBHOOK_SECRET.fullmatch(secret):
+            raise _bad("secret token contains unallowed characters")
+        max_connections = _clamped_int(
+            params.get("max_connections"), WEBHOOK_DEFAULT_MAX_CONNECTIONS, 1, 100
+        )
+        raw_ip = params.get("ip_address")
+        ip_address = raw_ip.strip() if isinstance(raw_ip, str) else ""
+        certificate = params.get("certificate")
+        if isinstance(certificate, str) and certificate.startswith("attach://"):
+            certificate = ctx.files.get(certificate.removeprefix("attach://"))
+        has_certificate = isinstance(certificate, UploadedFile)
+        drop = bool(params.get("drop_pending_updates"))
+        allowed = params.get("allowed_updates")
+        if isinstance(allowed, list):
+            self._allowed_updates = [str(kind) for kind in allowed]
+
+        unchanged = (url, secret, max_connections, ip_address) == (
+            self.webhook_url,
+            self.webhook_secret_token,
+            self.webhook_max_connections,
+            self.webhook_ip_address,
+        )
+        if unchanged and not has_certificate and not self.webhook_has_certificate and not drop:
+            self._wake()  # allowed_updates may have changed
+            return True  # "Webhook is already set": delivery goes on as it was
+
+        self.webhook_url = url  # first, so that a waiting getUpdates sees the conflict
+        self._wake()
+        await self._stop_webhook()
+        if drop:
+            self._drop_pending()
+        self.webhook_url = url
+        self.webhook_secret_token = secret
+        self.webhook_max_connections = max_connections
+        self.webhook_ip_address = ip_address
+        self.webhook_has_certificate = has_certificate
+        self.webhook_last_error_date, self.webhook_last_error_message = 0, ""
+        if self._runner is not None and not self._stopping:
+            self._start_webhook()
         return True
 
     async def _delete_webhook(self, ctx: _Context) -> Any:
-        self.webhook_url = ""
+        await self._stop_webhook()
         if ctx.params.get("drop_pending_updates"):
-            self._updates.clear()
+            self._drop_pending()
+        self.webhook_url = ""
+        self.webhook_secret_token = ""
+        self.webhook_max_connections = 0
+        self.webhook_ip_address = ""
+        self.webhook_has_certificate = False
+        self.webhook_last_error_date, self.webhook_last_error_message = 0, ""
         return True
 
     async def _get_webhook_info(self, ctx: _Context) -> Any:
-        return {
+        self._drop_unwanted()
+        info: dict[str, Any] = {
             "url": self.webhook_url,
-            "has_custom_certificate": False,
+            "has_custom_certificate": self.webhook_has_certificate,
             "pending_update_count": len(self._updates),
         }
+        if self.webhook_last_error_date:
+            info["last_error_date"] = self.webhook_last_error_date
+            info["last_error_message"] = self.webhook_last_error_message
+        if self.webhook_url:
+            info["max_connections"] = self.webhook_max_connections
+            info["ip_address"] = self.webhook_ip_address or _webhook_ip(self.webhook_url)
+        if self._allowed_updates:
+            info["allowed_updates"] = list(self._allowed_updates)
+        return info
 
     async def _get_updates(self, ctx: _Context) -> Any:
         if self.webhook_url:
@@ -2194,31 +2440,167 @@ class FakeTelegram:
                     await asyncio.wait_for(waiter, remaining)
             finally:
                 self._waiters.discard(waiter)
+            if self.webhook_url:
+                raise _ApiError(409, CONFLICT_SET_WEBHOOK)
             if generation != self._poll_generation:
                 raise _ApiError(409, CONFLICT_GET_UPDATES)
 
     def _confirm(self, offset: int) -> None:
         if offset > 0:
             while self._updates and self._updates[0]["update_id"] < offset:
-                self._updates.popleft()
+                self._acknowledge(self._updates.popleft())
         elif offset < 0:
             while len(self._updates) > -offset:
-                self._updates.popleft()
+                self._acknowledge(self._updates.popleft())
+
+    def _wanted(self, update: dict[str, Any]) -> bool:
+        kind = next(key for key in update if key != "update_id")
+        if self._allowed_updates:
+            return kind in self._allowed_updates
+        return kind not in DEFAULT_EXCLUDED_UPDATES
+
+    def _drop_unwanted(self) -> None:
+        # Telegram never creates updates of types the bot did not subscribe to.
+        for update in [update for update in self._updates if not self._wanted(update)]:
+            if update["update_id"] not in self._webhook_in_flight:
+                self._updates.remove(update)
 
     def _deliverable(self, limit: int) -> list[dict[str, Any]]:
-        allowed = set(self._allowed_updates)
-        ready = []
+        self._drop_unwanted()
+        return list(itertools.islice(self._updates, limit))
+
+    def _acknowledge(self, update: dict[str, Any]) -> None:
+        update_id = update["update_id"]
+        self._acknowledged[update_id] = update
+        self._webhook_failures.pop(update_id, None)
+        self._webhook_retry_at.pop(update_id, None)
+
+    def _drop_pending(self) -> None:
+        self._updates.clear()
+        self._webhook_failures.clear()
+        self._webhook_retry_at.clear()
+
+    # ---------------------------------------------------------------- webhook delivery
+
+    def _start_webhook(self) -> None:
+        if self._webhook_task is None or self._webhook_task.done():
+            self._webhook_wakeup = asyncio.Event()  # bound to the event loop running now
+            self._webhook_wakeup.set()
+            self._webhook_task = asyncio.get_running_loop().create_task(self._webhook_loop())
+
+    async def _stop_webhook(self) -> None:
+        """Stop delivering: requests in flight are abandoned, their updates stay queued."""
+        task, self._webhook_task = self._webhook_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        self._webhook_failures.clear()
+        self._webhook_retry_at.clear()
+
+    async def _webhook_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        session = aiohttp.ClientSession()
+        try:
+            while True:
+                self._webhook_wakeup.clear()
+                wake_at = self._start_deliveries(session)
+                delay = None if wake_at is None else max(wake_at - loop.time(), 0.0)
+                # Not asyncio.wait_for: on 3.11 it swallows a cancel that comes just as the
+                # event is set (setWebhook wakes and then cancels this task).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._webhook_wakeup.wait()
+        finally:
+            tasks = list(self._webhook_in_flight.values())
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks)
+            self._webhook_in_flight.clear()
+            await session.close()
+
+    def _start_deliveries(self, session: aiohttp.ClientSession) -> float | None:
+        """Send what may go now; the event loop time of the next retry that is due, if any."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._drop_unwanted()
+        blocked = {self._queue_key(update_id) for update_id in self._webhook_in_flight}
+        wake_at: float | None = None
         for update in list(self._updates):
-            kind = next(key for key in update if key != "update_id")
-            wanted = kind in allowed if allowed else kind not in DEFAULT_EXCLUDED_UPDATES
-            if not wanted:
-                # Telegram never creates updates of types the bot did not subscribe to.
-                self._updates.remove(update)
+            update_id = update["update_id"]
+            key = self._queue_key(update_id)
+            if key in blocked:
+                continue  # an earlier update of this queue is in flight or waits for a retry
+            blocked.add(key)
+            retry_at = self._webhook_retry_at.get(update_id, 0.0)
+            if retry_at > now:
+                wake_at = retry_at if wake_at is None else min(wake_at, retry_at)
                 continue
-            ready.append(update)
-            if len(ready) >= limit:
-                break
-        return ready
+            if len(self._webhook_in_flight) >= self.webhook_max_connections:
+                break  # a request that ends wakes the loop
+            self._webhook_in_flight[update_id] = loop.create_task(self._deliver(session, update))
+        return wake_at
+
+    def _queue_key(self, update_id: int) -> tuple[str, int]:
+        return self._queue_keys.get(update_id, ("update", update_id))
+
+    async def _deliver(self, session: aiohttp.ClientSession, update: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        update_id = update["update_id"]
+        entry = WebhookDelivery(update_id, self.webhook_url, self.clock())
+        self.webhook_deliveries.append(entry)
+        headers = {"Content-Type": "application/json"}
+        if self.webhook_secret_token:
+            headers[WEBHOOK_SECRET_HEADER] = self.webhook_secret_token
+        body = json.dumps(update, ensure_ascii=False).encode("utf-8")
+        started = loop.time()
+        retry_after = 0
+        try:
+            async with session.post(
+                entry.url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.webhook_timeout),
+                allow_redirects=False,
+            ) as response:
+                entry.status = response.status
+                entry.response_body = await response.read()
+                if not 200 <= response.status <= 299:
+                    entry.error = (
+                        f"Wrong response from the webhook: {response.status} {response.reason}"
+                    )
+                    retry_after = _retry_after(response.headers.get("Retry-After"))
+        except asyncio.CancelledError:
+            entry.error = "canceled: the webhook was deleted or changed"
+            raise
+        except aiohttp.ConnectionTimeoutError:
+            entry.error = "Connection timed out"
+        except TimeoutError:
+            entry.error = "Read timeout expired"
+        except aiohttp.ClientConnectorError as error:
+            entry.error = _connect_error(error)
+        except (aiohttp.ClientError, OSError):
+            entry.error = "Webhook connection closed"
+        finally:
+            entry.elapsed = loop.time() - started
+            entry.done = True
+            self._webhook_in_flight.pop(update_id, None)
+            self._webhook_wakeup.set()
+        if entry.error is None:
+            with contextlib.suppress(ValueError):
+                self._updates.remove(update)
+            self._acknowledge(update)
+            return
+        failures = self._webhook_failures.get(update_id, 0) + 1
+        self._webhook_failures[update_id] = failures
+        if retry_after > 0:
+            delay = float(retry_after)
+        else:
+            cap = max(self.webhook_max_retry_delay, self.webhook_retry_delay)
+            delay = min(self.webhook_retry_delay * 2 ** min(failures - 1, 30), cap)
+        self._webhook_retry_at[update_id] = loop.time() + delay
+        self.webhook_last_error_date = int(time.time())
+        self.webhook_last_error_message = entry.error
 
     async def _send_message(self, ctx: _Context) -> Any:
         markup = self._reply_markup(ctx)
@@ -2563,6 +2945,82 @@ def _json_scalar_as_text(value: Any) -> Any:
     if isinstance(value, int | float):
         return str(value)
     return value
+
+
+def _clamped_int(value: Any, default: int, low: int, high: int) -> int:
+    """An integer parameter read as the Bot API server does: missing -> default, junk -> 0."""
+    if value is None or value == "":
+        number = default
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            number = 0
+    return min(max(number, low), high)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _checked_webhook_url(url: str) -> str:
+    """The webhook URL if Telegram (or, for loopback hosts, a local server) would take it."""
+    if "://" not in url:
+        url = "https://" + url  # the server parses URLs with https as the default scheme
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _bad("invalid webhook URL specified") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise _bad("invalid webhook URL specified")
+    if _is_loopback(parts.hostname):
+        return url  # the fake's deviation: any scheme of the two and any port, for tests
+    if scheme == "http":
+        raise _bad("bad webhook: An HTTPS URL must be provided for webhook")
+    if (port or 443) not in (80, 88, 443, 8443):
+        raise _bad("bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443")
+    return url
+
+
+def _webhook_ip(url: str) -> str:
+    """What getWebhookInfo shows as ip_address: the host's address, as far as the fake knows."""
+    host = urlsplit(url).hostname or ""
+    if host.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return "<unknown>"
+
+
+def _retry_after(value: str | None) -> int:
+    """Seconds from a webhook answer's Retry-After header (the server caps it at an hour)."""
+    try:
+        seconds = int((value or "").strip())
+    except ValueError:
+        return 0
+    return min(max(seconds, 0), 3600)
+
+
+def _connect_error(error: aiohttp.ClientConnectorError) -> str:
+    """A connection failure worded as getWebhookInfo words it."""
+    # With several addresses (localhost: ::1 and 127.0.0.1) aiohttp joins the errors in one.
+    if error.os_error.errno == errno.ECONNREFUSED or (
+        f"[Errno {errno.ECONNREFUSED}]" in str(error.os_error)
+    ):
+        return "Connection refused"
+    if isinstance(error.os_error, TimeoutError):
+        return "Connection timed out"
+    return error.os_error.strerror or "Can't connect to the webhook"
 
 
 def _int_param(params: dict[str, Any], name: str, default: int) -> int:

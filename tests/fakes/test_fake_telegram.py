@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -30,10 +32,14 @@ from aiogram.types import (
     ChatMemberOwner,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
+    Update,
 )
+from aiohttp import web
 
 from tests.fakes.telegram import (
     CONFLICT_GET_UPDATES,
+    CONFLICT_SET_WEBHOOK,
+    CONFLICT_WEBHOOK,
     DRAFT_ID_INVALID,
     DRAFT_PEER_INVALID,
     NOT_MODIFIED,
@@ -1092,3 +1098,533 @@ async def test_draft_flood_control_is_per_chat_and_apart_from_messages(
         assert (status, body["parameters"]["retry_after"]) == (429, 1)
         status, _ = await send(http, tg, "messages are not")
         assert status == 200
+
+
+# ------------------------------------------------------------------------------ webhooks
+
+OTHER = 43
+SECRET_HEADER = "x-telegram-bot-api-secret-token"
+
+
+@dataclass
+class Received:
+    """One webhook request as the bot's side saw it."""
+
+    update: dict[str, Any]
+    headers: dict[str, str]  # names lowered
+    at: float  # time.monotonic() on arrival
+
+
+Responder = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]
+
+
+class BotSide:
+    """A tiny HTTP server on 127.0.0.1 playing the bot's webhook endpoint.
+
+    `respond` decides each answer (an empty JSON object with 200 by default); `active` counts
+    the requests being answered now and `max_active` the most there ever were at once.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.respond: Responder = self.ok
+        self.active = 0
+        self.max_active = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    @staticmethod
+    async def ok(update: dict[str, Any]) -> web.StreamResponse:
+        return web.json_response({})
+
+    def ids(self) -> list[int]:
+        return [item.update["update_id"] for item in self.received]
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        # A held request must not hold the teardown for aiohttp's default minute.
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/hook"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        update = await request.json()
+        headers = {key.lower(): value for key, value in request.headers.items()}
+        self.received.append(Received(update, headers, time.monotonic()))
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            return await self.respond(update)
+        finally:
+            self.active -= 1
+
+
+@pytest.fixture
+async def bot_side() -> AsyncIterator[BotSide]:
+    side = BotSide()
+    await side.start()
+    yield side
+    await side.stop()
+
+
+async def set_webhook(
+    http: aiohttp.ClientSession, tg: FakeTelegram, url: str, **params: Any
+) -> tuple[int, dict[str, Any]]:
+    return await call(http, tg, "setWebhook", url=url, **params)
+
+
+async def webhook_info(http: aiohttp.ClientSession, tg: FakeTelegram) -> dict[str, Any]:
+    status, body = await call(http, tg, "getWebhookInfo")
+    assert status == 200
+    info: dict[str, Any] = body["result"]
+    return info
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on (it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_webhook_posts_json_with_the_secret_header(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    status, body = await set_webhook(http, tg, bot_side.url, secret_token="s3cr3t_-TOKEN")
+    assert (status, body) == (200, {"ok": True, "result": True})
+    update = tg.user_message(chat_id=CHAT, text="héllo 😀")
+    await tg.wait_webhook_idle(timeout=5)
+
+    [received] = bot_side.received
+    assert received.update == update
+    assert received.headers[SECRET_HEADER] == "s3cr3t_-TOKEN"
+    assert received.headers["content-type"] == "application/json"
+    assert tg.pending_updates() == []
+    [delivery] = tg.webhook_deliveries
+    assert (delivery.update_id, delivery.status, delivery.error) == (
+        update["update_id"],
+        200,
+        None,
+    )
+    assert delivery.ok and delivery.url == bot_side.url
+    assert await webhook_info(http, tg) == {
+        "url": bot_side.url,
+        "has_custom_certificate": False,
+        "pending_update_count": 0,
+        "max_connections": 40,
+        "ip_address": "127.0.0.1",
+    }
+
+    # Without a secret there is no header; the new webhook takes over at once.
+    status, _ = await set_webhook(http, tg, bot_side.url)
+    assert status == 200
+    tg.user_message(chat_id=CHAT, text="no secret")
+    await tg.wait_webhook_idle(timeout=5)
+    assert SECRET_HEADER not in bot_side.received[-1].headers
+
+
+async def test_aiogram_sets_and_reads_the_webhook(
+    tg: FakeTelegram, bot: Bot, bot_side: BotSide
+) -> None:
+    tg.user_message(chat_id=CHAT, text="old, dropped")
+    assert await bot.set_webhook(
+        bot_side.url,
+        secret_token="tok",
+        max_connections=3,
+        allowed_updates=["message", "callback_query"],
+        drop_pending_updates=True,
+    )
+    info = await bot.get_webhook_info()
+    assert info.url == bot_side.url
+    assert (info.max_connections, info.pending_update_count) == (3, 0)
+    assert info.allowed_updates == ["message", "callback_query"]
+    assert info.has_custom_certificate is False and info.last_error_date is None
+    update = tg.user_message(chat_id=CHAT, text="new")
+    await tg.wait_webhook_idle(timeout=5)
+    [received] = bot_side.received
+    assert received.headers[SECRET_HEADER] == "tok"
+    parsed = Update.model_validate(received.update)
+    assert parsed.update_id == update["update_id"]
+    assert parsed.message is not None and parsed.message.text == "new"
+    assert await bot.delete_webhook()
+    assert (await bot.get_webhook_info()).url == ""
+
+
+async def test_get_updates_conflicts_with_a_webhook(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    poll = asyncio.create_task(call(http, tg, "getUpdates", timeout=5))
+    await asyncio.sleep(0.1)
+    await set_webhook(http, tg, bot_side.url)
+    status, body = await asyncio.wait_for(poll, 2)
+    assert (status, body["description"]) == (409, CONFLICT_SET_WEBHOOK)
+    status, body = await call(http, tg, "getUpdates")
+    assert body == {"ok": False, "error_code": 409, "description": CONFLICT_WEBHOOK}
+    status, _ = await call(http, tg, "deleteWebhook")
+    assert status == 200
+    update = tg.user_message(chat_id=CHAT, text="polled again")
+    _, body = await call(http, tg, "getUpdates")
+    assert body["result"] == [update]
+    assert bot_side.received == []
+
+
+async def test_webhook_orders_updates_per_chat_and_chats_go_in_parallel(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    tg.register_chat(OTHER, first_name="Bob", username="bob")
+    a1 = tg.user_message(chat_id=CHAT, text="a1")
+    a2 = tg.user_message(chat_id=CHAT, text="a2")
+    b1 = tg.user_message(chat_id=OTHER, text="b1")
+    release = asyncio.Event()
+    released_at = 0.0
+
+    async def respond(update: dict[str, Any]) -> web.StreamResponse:
+        nonlocal released_at
+        if update["update_id"] == a1["update_id"]:
+            await release.wait()  # the bot is slow with chat A's first update
+            released_at = time.monotonic()
+        return web.json_response({})
+
+    bot_side.respond = respond
+    await set_webhook(http, tg, bot_side.url)
+    # Chat B's update is not held behind chat A's slow one...
+    await tg.wait_for(lambda t: any(d.ok for d in t.webhook_attempts(b1["update_id"])), 5)
+    await asyncio.sleep(0.2)
+    # ... but chat A's second one is.
+    assert tg.webhook_in_flight() == [a1["update_id"]]
+    assert a2["update_id"] not in bot_side.ids()
+    assert [u["update_id"] for u in tg.pending_updates()] == [a1["update_id"], a2["update_id"]]
+    release.set()
+    await tg.wait_webhook_idle(timeout=5)
+    ids = bot_side.ids()
+    assert sorted(ids) == [a1["update_id"], a2["update_id"], b1["update_id"]]
+    assert ids.index(a1["update_id"]) < ids.index(a2["update_id"])
+    assert bot_side.received[ids.index(a2["update_id"])].at >= released_at
+    assert bot_side.max_active == 2
+
+
+async def test_callback_queries_are_queued_apart_from_the_chats_messages(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    _, sent = await send(http, tg, "pick one")
+    message = tg.user_message(chat_id=CHAT, text="slow")
+    press = tg.callback_query(chat_id=CHAT, message_id=sent["result"]["message_id"], data="x")
+    release = asyncio.Event()
+
+    async def respond(update: dict[str, Any]) -> web.StreamResponse:
+        if "message" in update:
+            await release.wait()
+        return web.json_response({})
+
+    bot_side.respond = respond
+    await set_webhook(http, tg, bot_side.url)
+    # The Bot API server queues callback queries per user, apart from the chat's messages.
+    await tg.wait_for(lambda t: any(d.ok for d in t.webhook_attempts(press["update_id"])), 5)
+    assert tg.webhook_in_flight() == [message["update_id"]]
+    release.set()
+    await tg.wait_webhook_idle(timeout=5)
+
+
+async def test_webhook_retries_the_same_update_after_a_500_and_reports_the_error(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    first = tg.user_message(chat_id=CHAT, text="first")
+    second = tg.user_message(chat_id=CHAT, text="second")
+    failing = True
+
+    async def respond(update: dict[str, Any]) -> web.StreamResponse:
+        if failing:
+            return web.Response(status=500, text="boom")
+        return web.json_response({})
+
+    bot_side.respond = respond
+    before = int(time.time())
+    await set_webhook(http, tg, bot_side.url)
+    await tg.wait_for(lambda t: len(t.webhook_attempts(first["update_id"])) >= 2, 5)
+    info = await webhook_info(http, tg)
+    assert info["pending_update_count"] == 2
+    assert (
+        info["last_error_message"] == "Wrong response from the webhook: 500 Internal Server Error"
+    )
+    assert before <= info["last_error_date"] <= int(time.time())
+    # A failed update holds the later ones of its chat.
+    assert set(bot_side.ids()) == {first["update_id"]}
+    failing = False
+    await tg.wait_webhook_idle(timeout=5)
+
+    attempts = tg.webhook_attempts(first["update_id"])
+    assert [a.status for a in attempts[-1:]] == [200]
+    assert all(a.status == 500 and not a.ok for a in attempts[:-1])
+    assert attempts[0].error == "Wrong response from the webhook: 500 Internal Server Error"
+    assert attempts[0].response_body == b"boom"
+    # The retries carry the same update, update_id included, after the backoff.
+    assert all(r.update == first for r in bot_side.received[: len(attempts)])
+    assert attempts[1].at - attempts[0].at >= tg.webhook_retry_delay * 0.9
+    assert bot_side.ids()[-1] == second["update_id"]
+    assert tg.pending_updates() == []
+    # The last error stays reported after a success, as Telegram does.
+    info = await webhook_info(http, tg)
+    assert info["pending_update_count"] == 0
+    assert info["last_error_message"].startswith("Wrong response from the webhook: 500")
+
+
+async def test_webhook_answers_401_for_a_wrong_secret_until_it_is_set_right(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    async def respond(update: dict[str, Any]) -> web.StreamResponse:
+        if bot_side.received[-1].headers.get(SECRET_HEADER) != "right":
+            return web.Response(status=401)
+        return web.json_response({})
+
+    bot_side.respond = respond
+    update = tg.user_message(chat_id=CHAT, text="x")
+    await set_webhook(http, tg, bot_side.url, secret_token="wrong")
+    await tg.wait_for(lambda t: bool(t.webhook_deliveries) and t.webhook_deliveries[0].done, 5)
+    info = await webhook_info(http, tg)
+    assert info["last_error_message"] == "Wrong response from the webhook: 401 Unauthorized"
+    # Another webhook starts afresh: no last error, and the update goes out at once.
+    await set_webhook(http, tg, bot_side.url, secret_token="right")
+    assert "last_error_message" not in await webhook_info(http, tg)
+    await tg.wait_webhook_idle(timeout=5)
+    assert tg.webhook_deliveries[-1].ok
+    assert bot_side.received[-1].update == update
+
+
+async def test_webhook_connection_refused_timeout_and_retry_after(
+    http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    async with FakeTelegram(webhook_timeout=0.3) as tg:
+        tg.register_chat(CHAT)
+        update = tg.user_message(chat_id=CHAT, text="x")
+        await set_webhook(http, tg, f"http://127.0.0.1:{free_port()}/hook")
+        await tg.wait_for(lambda t: bool(t.webhook_deliveries) and t.webhook_deliveries[0].done)
+        info = await webhook_info(http, tg)
+        assert (info["last_error_message"], info["pending_update_count"]) == (
+            "Connection refused",
+            1,
+        )
+        assert tg.webhook_deliveries[0].status is None
+
+        # No answer within webhook_timeout: the same update comes again.
+        answers = 0
+
+        async def respond(update: dict[str, Any]) -> web.StreamResponse:
+            nonlocal answers
+            answers += 1
+            if answers == 1:
+                await asyncio.sleep(2)
+            elif answers == 2:
+                return web.Response(status=429, headers={"Retry-After": "1"})
+            return web.json_response({})
+
+        bot_side.respond = respond
+        await set_webhook(http, tg, bot_side.url)
+        await tg.wait_webhook_idle(timeout=5)
+        attempts = tg.webhook_attempts(update["update_id"])[-3:]
+        assert [(a.status, a.error) for a in attempts] == [
+            (None, "Read timeout expired"),
+            (429, "Wrong response from the webhook: 429 Too Many Requests"),
+            (200, None),
+        ]
+        assert 0.25 <= attempts[0].elapsed < 1
+        assert attempts[2].at - attempts[1].at >= 0.9  # Retry-After is honoured
+        assert bot_side.ids() == [update["update_id"]] * 3
+
+
+async def test_webhook_honours_max_connections(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    updates = []
+    for n in range(5):
+        tg.register_chat(100 + n, first_name=f"User {n}", username=None)
+        updates.append(tg.user_message(chat_id=100 + n, text=str(n)))
+    release = asyncio.Event()
+
+    async def respond(update: dict[str, Any]) -> web.StreamResponse:
+        await release.wait()
+        return web.json_response({})
+
+    bot_side.respond = respond
+    await set_webhook(http, tg, bot_side.url, max_connections=2)
+    await tg.wait_for(lambda t: bot_side.active == 2, 5)
+    await asyncio.sleep(0.2)
+    assert bot_side.active == 2 and len(tg.webhook_in_flight()) == 2
+    assert (await webhook_info(http, tg))["pending_update_count"] == 5
+    release.set()
+    await tg.wait_webhook_idle(timeout=5)
+    assert bot_side.max_active == 2
+    assert sorted(bot_side.ids()) == [u["update_id"] for u in updates]
+
+    # Out-of-range values are clamped, as the Bot API server does.
+    await set_webhook(http, tg, bot_side.url, max_connections=0)
+    assert (await webhook_info(http, tg))["max_connections"] == 1
+    await set_webhook(http, tg, bot_side.url, max_connections=1000)
+    assert (await webhook_info(http, tg))["max_connections"] == 100
+
+
+async def test_delete_webhook_stops_delivery_and_keeps_the_queue(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    hold = asyncio.Event()
+
+    async def respond(update: dict[str, Any]) -> web.StreamResponse:
+        await hold.wait()
+        return web.json_response({})
+
+    bot_side.respond = respond
+    first = tg.user_message(chat_id=CHAT, text="first")
+    await set_webhook(http, tg, bot_side.url)
+    await tg.wait_for(lambda t: t.webhook_in_flight() == [first["update_id"]], 5)
+    status, _ = await call(http, tg, "deleteWebhook")
+    assert status == 200
+    # The request in flight is abandoned; its update stays queued.
+    assert tg.webhook_in_flight() == []
+    assert tg.webhook_deliveries[-1].done and not tg.webhook_deliveries[-1].ok
+    second = tg.user_message(chat_id=CHAT, text="second")
+    await asyncio.sleep(0.3)
+    assert len(bot_side.received) == 1 and len(tg.webhook_deliveries) == 1
+    assert await webhook_info(http, tg) == {
+        "url": "",
+        "has_custom_certificate": False,
+        "pending_update_count": 2,
+    }
+    _, body = await call(http, tg, "getUpdates")
+    assert body["result"] == [first, second]
+    await call(http, tg, "deleteWebhook", drop_pending_updates=True)
+    assert tg.pending_updates() == []
+
+
+async def test_webhook_secret_token_and_url_validation(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    for bad in ("has space", "a+b", "a/b=", "пароль", "a.b"):
+        status, body = await set_webhook(http, tg, bot_side.url, secret_token=bad)
+        assert (status, body["description"]) == (
+            400,
+            "Bad Request: secret token contains unallowed characters",
+        ), bad
+    status, body = await set_webhook(http, tg, bot_side.url, secret_token="a" * 257)
+    assert (status, body["description"]) == (400, "Bad Request: secret token is too long")
+    for url, description in (
+        ("http://example.com/hook", "bad webhook: An HTTPS URL must be provided for webhook"),
+        (
+            "https://example.com:1234/hook",
+            "bad webhook: Webhook can be set up only on ports 80, 88, 443 or 8443",
+        ),
+        ("ftp://example.com/hook", "invalid webhook URL specified"),
+    ):
+        status, body = await set_webhook(http, tg, url)
+        assert (status, body["description"]) == (400, f"Bad Request: {description}"), url
+    assert (await webhook_info(http, tg))["url"] == ""
+    assert tg.webhook_url == ""
+
+    longest = "Az09_-" * 42 + "abcd"
+    assert len(longest) == 256
+    status, _ = await set_webhook(http, tg, bot_side.url, secret_token=longest)
+    assert status == 200
+    assert tg.webhook_secret_token == longest
+    tg.user_message(chat_id=CHAT, text="x")
+    await tg.wait_webhook_idle(timeout=5)
+    assert bot_side.received[0].headers[SECRET_HEADER] == longest
+
+
+async def test_webhook_allowed_updates_persist_until_changed(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    _, sent = await send(http, tg, "pick one")
+    await set_webhook(http, tg, bot_side.url, allowed_updates=["callback_query"])
+    assert (await webhook_info(http, tg))["allowed_updates"] == ["callback_query"]
+    skipped = tg.user_message(chat_id=CHAT, text="not wanted")
+    press = tg.callback_query(chat_id=CHAT, message_id=sent["result"]["message_id"], data="x")
+    await tg.wait_webhook_idle(timeout=5)
+    assert bot_side.ids() == [press["update_id"]]
+    assert skipped not in tg.pending_updates()
+    # Setting the same webhook without allowed_updates keeps the previous setting.
+    await set_webhook(http, tg, bot_side.url)
+    assert (await webhook_info(http, tg))["allowed_updates"] == ["callback_query"]
+    # An empty list is Telegram's default again.
+    await set_webhook(http, tg, bot_side.url, allowed_updates=[])
+    assert "allowed_updates" not in await webhook_info(http, tg)
+    message = tg.user_message(chat_id=CHAT, text="wanted again")
+    await tg.wait_webhook_idle(timeout=5)
+    assert bot_side.ids()[-1] == message["update_id"]
+
+
+async def test_redeliver_sends_an_acknowledged_update_again(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    update = tg.user_message(chat_id=CHAT, text="once")
+    await set_webhook(http, tg, bot_side.url)
+    await tg.wait_webhook_idle(timeout=5)
+    assert tg.redeliver(update["update_id"]) == update
+    await tg.wait_webhook_idle(timeout=5)
+    assert [r.update for r in bot_side.received] == [update, update]
+    assert [a.ok for a in tg.webhook_attempts(update["update_id"])] == [True, True]
+    with pytest.raises(KeyError):
+        tg.redeliver(999)
+    hold = asyncio.Event()
+
+    async def respond(update: dict[str, Any]) -> web.StreamResponse:
+        await hold.wait()
+        return web.json_response({})
+
+    bot_side.respond = respond
+    pending = tg.user_message(chat_id=CHAT, text="in flight")
+    await tg.wait_for(lambda t: t.webhook_in_flight() == [pending["update_id"]], 5)
+    with pytest.raises(ValueError, match="still queued"):
+        tg.redeliver(pending["update_id"])
+    hold.set()
+    await tg.wait_webhook_idle(timeout=5)
+
+
+async def test_wait_webhook_idle_reports_what_is_stuck(
+    tg: FakeTelegram, http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    async def respond(update: dict[str, Any]) -> web.StreamResponse:
+        return web.Response(status=502)
+
+    bot_side.respond = respond
+    update = tg.user_message(chat_id=CHAT, text="x")
+    await set_webhook(http, tg, bot_side.url)
+    with pytest.raises(AssertionError, match=f"queued \\[{update['update_id']}\\]") as error:
+        await tg.wait_webhook_idle(timeout=0.5)
+    assert "Wrong response from the webhook: 502 Bad Gateway" in str(error.value)
+
+
+async def test_stop_ends_delivery_and_start_resumes_it(
+    http: aiohttp.ClientSession, bot_side: BotSide
+) -> None:
+    tg = FakeTelegram()
+    await tg.start()
+    try:
+        tg.register_chat(CHAT)
+        hold = asyncio.Event()
+
+        async def respond(update: dict[str, Any]) -> web.StreamResponse:
+            await hold.wait()
+            return web.json_response({})
+
+        bot_side.respond = respond
+        update = tg.user_message(chat_id=CHAT, text="x")
+        await set_webhook(http, tg, bot_side.url)
+        await tg.wait_for(lambda t: t.webhook_in_flight() == [update["update_id"]], 5)
+        started = time.monotonic()
+        await tg.stop()
+        assert time.monotonic() - started < 1
+        assert tg.webhook_in_flight() == [] and tg.pending_updates() == [update]
+        hold.set()
+        await tg.start()  # the webhook is still set: delivery resumes
+        await tg.wait_webhook_idle(timeout=5)
+        assert tg.webhook_deliveries[-1].ok
+    finally:
+        await tg.stop()

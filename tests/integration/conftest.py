@@ -29,7 +29,7 @@ DEFAULT_POSTGRES_URLS = (
     "postgresql+asyncpg://root@127.0.0.1:5432/test",
 )
 BACKENDS = ("sqlite", "postgresql")
-TABLES = ("chats", "users", "turns", "usage_records")
+TABLES = ("chats", "users", "turns", "usage_records", "inbox")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -186,3 +186,37 @@ def test_a_bad_fallback_entry_is_named_without_its_key(
     message = str(err.value)
     assert expected in message
     assert "sk-secret" not in message
+
+
+def test_webhook_mode_needs_a_url_and_a_valid_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN, BOT_MODE="webhook")
+    assert "WEBHOOK_URL and WEBHOOK_SECRET" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load(
+            monkeypatch,
+            tmp_path,
+            BOT_TOKEN=TOKEN,
+            BOT_MODE="webhook",
+            WEBHOOK_URL="https://bot.example.com/tg/hook",
+            WEBHOOK_SECRET="not allowed!",
+        )
+    assert str(err.value).startswith("WEBHOOK_SECRET: ")
+    assert "not allowed!" not in str(err.value)
+    s = load(
+        monkeypatch,
+        tmp_path,
+        BOT_TOKEN=TOKEN,
+        BOT_MODE="Webhook",
+        WEBHOOK_URL="https://bot.example.com/tg/hook",
+        WEBHOOK_SECRET="s3cret_-X",
+        WEBHOOK_LISTEN="127.0.0.1:9000",
+    )
+    assert s.bot_mode == "webhook"
+    assert s.webhook_route() == "/tg/hook"  # WEBHOOK_PATH defaults to the URL's path
+    assert s.webhook_address() == ("127.0.0.1", 9000)
+    with pytest.raises(ConfigError) as err:
+        load(monkeypatch, tmp_path, BOT_TOKEN=TOKEN, WEBHOOK_LISTEN="8080")
+    assert str(err.value).startswith("WEBHOOK_LISTEN: ")

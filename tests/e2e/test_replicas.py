@@ -1,0 +1,233 @@
+"""End-to-end: several replicas behind one webhook URL, sharing this machine's PostgreSQL.
+
+A small round-robin balancer stands in front of the replicas, as a reverse proxy would. Each
+test gets a database of its own, created on the PostgreSQL server and dropped afterwards; with
+no server the tests are skipped, except on CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import secrets
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from aiohttp import web
+
+from tests.e2e.conftest import BotHarness
+from tests.e2e.test_webhook import SECRET, free_port
+from tests.fakes.openai import FakeLLM, Hang, Stream
+from tests.fakes.telegram import FakeTelegram
+
+ROOT = Path(__file__).parents[2]
+SERVER = "postgresql://postgres@127.0.0.1:5432/test"
+TOKEN = "123456:TEST-TOKEN"
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one test (asyncpg URL), dropped afterwards."""
+    name = f"bot_e2e_{secrets.token_hex(4)}"
+    try:
+        admin = await asyncpg.connect(SERVER, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL is not reachable at {SERVER}: {exc}")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+class Balancer:
+    """Round-robin HTTP forwarding to the replicas, as a reverse proxy in front of them."""
+
+    def __init__(self, targets: list[str]) -> None:
+        self.targets = targets
+        self.sent: list[str] = []
+        self._next = itertools.cycle(range(len(targets)))
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/tg/hook"
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_post("/tg/hook", self._forward)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        body = await request.read()
+        headers = {k: v for k, v in request.headers.items() if k.lower().startswith("x-telegram")}
+        headers["Content-Type"] = "application/json"
+        for _attempt in range(len(self.targets)):
+            target = self.targets[next(self._next)]
+            try:
+                async with self._session.post(target, data=body, headers=headers) as answer:
+                    self.sent.append(target)
+                    return web.Response(status=answer.status, body=await answer.read())
+            except aiohttp.ClientError:
+                continue  # that replica is down: the next one
+        return web.Response(status=502)
+
+
+def replica_settings(balancer: Balancer, port: int) -> dict[str, Any]:
+    return {
+        "bot_mode": "webhook",
+        "webhook_url": balancer.url,
+        "webhook_secret": SECRET,
+        "webhook_listen": f"127.0.0.1:{port}",
+        "webhook_path": "/tg/hook",
+        "webhook_lease_seconds": 2,
+    }
+
+
+@pytest.mark.parametrize("count", [2, 3])
+async def test_replicas_answer_every_update_once_in_order_per_chat(
+    tg: FakeTelegram, llm: FakeLLM, postgres_url: str, count: int
+) -> None:
+    ports = [free_port() for _ in range(count)]
+    balancer = Balancer([f"http://127.0.0.1:{port}/tg/hook" for port in ports])
+    await balancer.start()
+    replicas = [BotHarness(tg=tg, llm=llm, db_url=postgres_url) for _ in ports]
+    try:
+        # (Alembic keeps its context in module globals: replicas in one process start one
+        # after the other; the test below starts processes together.)
+        for replica, port in zip(replicas, ports, strict=True):
+            await replica.start(**replica_settings(balancer, port))
+        llm.set_default(
+            lambda body: Stream([f"re: {body['messages'][-1]['content']}"], delay=0.05)
+        )
+        chats = (7001, 7002, 7003)
+        for round_ in ("one", "two", "three"):
+            for chat in chats:
+                tg.user_message(chat_id=chat, text=f"{round_} from {chat}")
+        for chat in chats:
+            await replicas[0].wait_messages(chat, lambda t: len(t) == 3, within=30)
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        await balancer.stop()
+    # Every replica took posts; every update was answered once, in order within its chat.
+    assert set(balancer.sent) == set(balancer.targets)
+    assert len(llm.chat_requests) == 9
+    for chat in chats:
+        texts = [m.text for m in tg.messages(chat)]
+        assert texts == [f"re: {r} from {chat}" for r in ("one", "two", "three")]
+        asked = [
+            r["messages"] for r in llm.chat_requests if str(chat) in r["messages"][-1]["content"]
+        ]
+        # Each question was asked after the one before was answered: its history holds it.
+        assert asked[2][-2]["content"] == f"re: two from {chat}"
+
+
+def replica_env(tg: FakeTelegram, llm: FakeLLM, balancer: Balancer, port: int, db: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BOT_", "LLM_", "WEBHOOK"))}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "BOT_TOKEN": TOKEN,
+        "TELEGRAM_API_URL": tg.url,
+        "LLM_BASE_URL": llm.base_url,
+        "LLM_API_KEY": "sk-test",
+        "LLM_MODEL": "gpt-4o-mini",
+        "DATABASE_URL": db,
+        "BOT_MODE": "webhook",
+        "WEBHOOK_URL": balancer.url,
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_LISTEN": f"127.0.0.1:{port}",
+        "WEBHOOK_PATH": "/tg/hook",
+        "WEBHOOK_LEASE_SECONDS": "2",
+        "STREAM_MODE": "edit",
+    }
+    return env
+
+
+async def test_a_replica_killed_after_acknowledging_loses_nothing(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    async with FakeTelegram(token=TOKEN) as tg, FakeLLM(api_key="sk-test") as llm:
+        ports = [free_port(), free_port()]
+        balancer = Balancer([f"http://127.0.0.1:{port}/tg/hook" for port in ports])
+        await balancer.start()
+        processes: dict[int, asyncio.subprocess.Process] = {}
+        try:
+            # Two processes start together on an empty database: one migrates, both start.
+            for port in ports:
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "bot",
+                    cwd=tmp_path,
+                    env=replica_env(tg, llm, balancer, port, postgres_url),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                processes[process.pid] = process
+            await tg.wait_for(lambda t: len(t.calls_to("setWebhook")) == 2, timeout=60)
+            llm.enqueue(Hang())  # the replica answering is stuck when it is killed
+            tg.user_message(chat_id=8001, text="Do not lose me")
+            await llm.wait_for_requests(1, within=30)
+            # The update was acknowledged (stored) before it was handled. Kill -9 the replica
+            # holding it, found by its lease (host-pid-random).
+            owner = await lease_owner(postgres_url)
+            pid = int(owner.split("-")[-2])
+            processes[pid].send_signal(signal.SIGKILL)
+            await processes[pid].wait()
+            llm.enqueue(Stream(["Not lost."]))
+            # The other replica takes the update over once the dead one's lease ran out.
+            await tg.wait_for(
+                lambda t: any(m.text == "Not lost." for m in t.messages(8001)), timeout=30
+            )
+            llm.enqueue(Stream(["And the next one."]))
+            tg.user_message(chat_id=8001, text="Next")
+            await tg.wait_for(
+                lambda t: any(m.text == "And the next one." for m in t.messages(8001)),
+                timeout=30,
+            )
+        finally:
+            for process in processes.values():
+                if process.returncode is None:
+                    process.send_signal(signal.SIGTERM)
+                    try:
+                        await asyncio.wait_for(process.wait(), timeout=20)
+                    except TimeoutError:
+                        process.kill()
+            await balancer.stop()
+        asked = [r["messages"][-1]["content"] for r in llm.chat_requests]
+        assert asked == ["Do not lose me", "Do not lose me", "Next"]
+
+
+async def lease_owner(url: str) -> str:
+    connection = await asyncpg.connect(url.replace("+asyncpg", ""), timeout=5)
+    try:
+        owner = await connection.fetchval(
+            "SELECT lease_owner FROM inbox WHERE lease_owner IS NOT NULL"
+        )
+    finally:
+        await connection.close()
+    assert isinstance(owner, str), owner
+    return owner
