@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import math
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from aiogram import Bot, Dispatcher
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
 from aiohttp import web
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -64,9 +66,10 @@ from bot.telegram.middlewares import (
     InflightTracker,
     LocaleMiddleware,
 )
-from bot.telegram.pacing import FloodGate
+from bot.telegram.pacing import GLOBAL_WINDOW_MARGIN, FloodGate
 from bot.telegram.replies import Replies
 from bot.telegram.session import BotSession
+from bot.telegram.shared_pacing import SharedPace
 from bot.telegram.webhook import UpdateQueue, WebhookServer
 
 logger = logging.getLogger(__name__)
@@ -91,6 +94,8 @@ class App:
     chat_service: ChatService
     # Webhook mode: the stored updates this replica claims and handles.
     updates: UpdateQueue | None = None
+    # REDIS_URL: Telegram's limits shared with the other replicas.
+    shared: SharedPace | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,8 @@ async def build_app(settings: Settings) -> App:
     inbox = Inbox(sessions=sessions, tracker=tracker)
     # Every fetched batch is stored before aiogram's next getUpdates confirms it to Telegram.
     bot.session.middleware(InboxRecorder(inbox))
-    dispatcher = build_dispatcher(settings, services, bot=bot, tracker=tracker)
+    shared = shared_pace(settings) if settings.redis_url else None
+    dispatcher = build_dispatcher(settings, services, bot=bot, tracker=tracker, shared=shared)
     updates = None
     if settings.bot_mode == "webhook":
         updates = UpdateQueue(
@@ -151,6 +157,7 @@ async def build_app(settings: Settings) -> App:
         inbox=inbox,
         chat_service=services.chat_service,
         updates=updates,
+        shared=shared,
     )
     dispatcher["app"] = app
     dispatcher.startup.register(_on_startup)
@@ -318,14 +325,33 @@ def build_bot(settings: Settings) -> Bot:
     return Bot(token=settings.bot_token.get_secret_value(), session=session)
 
 
+def shared_pace(settings: Settings) -> SharedPace:
+    """Telegram's limits in the Redis of REDIS_URL, under this bot's own keys."""
+    rate = settings.telegram_rate_limit
+    limit = max(1, math.floor(rate))
+    bot_id = settings.bot_token.get_secret_value().partition(":")[0]
+    return SharedPace(
+        Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
+        prefix=f"{settings.redis_prefix}:{bot_id}",
+        limit=limit,
+        window=limit / rate * GLOBAL_WINDOW_MARGIN,
+    )
+
+
 def build_dispatcher(
-    settings: Settings, services: Services, *, bot: Bot, tracker: InflightTracker
+    settings: Settings,
+    services: Services,
+    *,
+    bot: Bot,
+    tracker: InflightTracker,
+    shared: SharedPace | None = None,
 ) -> Dispatcher:
     """The dispatcher: middlewares in their order, then the routers, the conversation last."""
     gate = FloodGate(
         private_interval=settings.edit_interval_private,
         group_interval=settings.edit_interval_group,
         global_rate=settings.telegram_rate_limit,
+        shared=shared,
     )
     replies = Replies(
         bot=bot,
@@ -452,6 +478,8 @@ async def _on_shutdown(app: App) -> None:
         # Not lost: those updates are fed again at the next start and recognised as answered.
         logger.warning("inbox: could not delete the handled updates: %s", exc)
     await app.http.aclose()
+    if app.shared is not None:
+        await app.shared.close()
     await _dispose_engines(app)
     logger.info("stopped cleanly")
 
@@ -604,6 +632,8 @@ async def _unready(app: App) -> str | None:
             await connection.execute(text("SELECT 1"))
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         return f"database: {type(exc).__name__}"
+    if app.shared is not None:
+        return await app.shared.ping()
     return None
 
 

@@ -457,6 +457,18 @@ class StorageSettings(BaseModel):
     """Where the conversations, choices and usage are kept."""
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
+    # Redis shared by the replicas (required with more than one): Telegram's rate limits and
+    # 429 cooldowns, under keys starting with REDIS_PREFIX. Empty: no Redis.
+    redis_url: str = ""
+    redis_prefix: str = Field(default="llm-bot", min_length=1, max_length=64)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use redis://host:6379/0 (or rediss:// for TLS)")
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -6,7 +6,10 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from bot.telegram.shared_pacing import SharedPace
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -42,7 +45,12 @@ class FloodGate:
         global_rate: float = 30.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        shared: SharedPace | None = None,
     ) -> None:
+        """`shared`: the limits kept with the other replicas (REDIS_URL), on top of this one's."""
+        self._shared = shared
+        self._background: set[asyncio.Task[None]] = set()
+        self._shared_calls: dict[int, deque[str]] = {}  # bot-wide slots held in Redis, by chat
         self._private_interval = private_interval
         self._group_interval = group_interval
         self._clock = clock
@@ -91,14 +99,36 @@ class FloodGate:
             # A 429 may have extended the window while we slept: then wait again.
             if self._blocked_until.get(chat_id, 0.0) <= self._clock():
                 break
+        shared = self._shared
+        if shared is not None:
+            # The chat's slot among all replicas (another one may have called it just now).
+            wait = await shared.chat_turn(chat_id, interval)
+            if wait > 0:
+                await self._sleep(wait)
         await self._global.acquire(chat_id, urgent=urgent() if callable(urgent) else urgent)
+        if shared is not None:
+            try:
+                member = await shared.global_slot()
+            except BaseException:
+                self._global.release()  # the slot held here is not used after all
+                raise
+            if member is not None:
+                self._shared_calls.setdefault(chat_id, deque()).append(member)
         self._spaced_from_now(chat_id, interval)
 
     def release(self, chat_id: int, *, spacing: float | None = None) -> None:
         """The call made after `acquire` got its answer (or was not made after all)."""
         self._global.release()
         # Telegram saw the call at some moment up to now: space the next one from now.
-        self._spaced_from_now(chat_id, self.interval_for(chat_id) if spacing is None else spacing)
+        interval = self.interval_for(chat_id) if spacing is None else spacing
+        self._spaced_from_now(chat_id, interval)
+        if self._shared is not None:
+            self._in_background(self._shared.spaced(chat_id, interval))
+            calls = self._shared_calls.get(chat_id)
+            if calls:
+                self._in_background(self._shared.global_done(calls.popleft()))
+                if not calls:
+                    del self._shared_calls[chat_id]
 
     def hurry(self, chat_id: int) -> None:
         """Make this chat's non-urgent wait for a bot-wide slot urgent, if it is waiting."""
@@ -108,6 +138,14 @@ class FloodGate:
         """Record a 429 for this chat: no call to it until `retry_after` seconds have passed."""
         until = self._clock() + max(0.0, retry_after)
         self._blocked_until[chat_id] = max(until, self._blocked_until.get(chat_id, 0.0))
+        if self._shared is not None:
+            self._in_background(self._shared.block(chat_id, retry_after))
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Tell the other replicas without making the caller wait (SharedPace never raises)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _spaced_from_now(self, chat_id: int, interval: float) -> None:
         now = self._clock()

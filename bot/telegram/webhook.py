@@ -52,6 +52,9 @@ LEASE_SECONDS = 30.0
 POLL_SECONDS = 0.5
 # At most this many updates handled at once by one replica: the rest wait for other replicas.
 CAPACITY = 256
+# Updates claimed per step: a burst is shared among the replicas rather than taken by the one
+# that woke first; a full batch is followed by the next step at once.
+CLAIM_BATCH = 8
 # Telegram's updates are a few kilobytes; a body past this is not an update.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -102,7 +105,9 @@ class UpdateQueue:
         try:
             while not self._stopping:
                 try:
-                    await self._step()
+                    if await self._step() == CLAIM_BATCH:
+                        await asyncio.sleep(0)  # let the batch begin, then claim more
+                        continue
                 except SQLAlchemyError as exc:
                     logger.warning("webhook queue: database failed (%s), retrying", exc)
                 with contextlib.suppress(TimeoutError):
@@ -126,10 +131,11 @@ class UpdateQueue:
             await repository.remove(update_ids=sorted(handled))
             await repository.release(owner=self.owner)
 
-    async def _step(self) -> None:
-        """Delete the updates handled since the last step, then claim what may go next."""
+    async def _step(self) -> int:
+        """Delete the updates handled since the last step, then claim what may go next; how
+        many were claimed."""
         handled = self._tracker.take_handled()
-        room = self._capacity - len(self._inflight)
+        room = min(CLAIM_BATCH, self._capacity - len(self._inflight))
         try:
             async with self._sessions.begin() as session:
                 repository = InboxRepository(session)
@@ -144,6 +150,7 @@ class UpdateQueue:
             raise
         for entry in claimed:
             self._start(entry)
+        return len(claimed)
 
     def _start(self, entry: InboxEntry) -> None:
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bot.health import healthy
 from tests.e2e.conftest import BotHarness
+from tests.e2e.test_webhook import free_port
 
 
 def probe(path: Path | None, **env: str) -> int:
@@ -45,3 +46,26 @@ async def test_the_heartbeat_is_fresh_while_the_bot_polls_and_stale_after(
 def test_without_a_heartbeat_file_the_probe_fails(tmp_path: Path) -> None:
     assert probe(None) == 1
     assert probe(tmp_path / "never-written") == 1
+
+
+async def test_in_webhook_mode_the_probe_also_asks_the_server(
+    harness: BotHarness, tmp_path: Path
+) -> None:
+    path = tmp_path / "heartbeat"
+    port = free_port()
+    await harness.start(
+        heartbeat_file=str(path),
+        bot_mode="webhook",
+        webhook_url=f"http://127.0.0.1:{port}/hook",
+        webhook_secret="s3cret",
+        webhook_listen=f"0.0.0.0:{port}",
+    )
+    for _ in range(100):
+        if path.exists():
+            break
+        await asyncio.sleep(0.05)
+    webhook = {"BOT_MODE": "webhook", "WEBHOOK_LISTEN": f"0.0.0.0:{port}"}
+    assert await asyncio.to_thread(probe, path, **webhook) == 0
+    # A fresh heartbeat but no server answering /healthz: unhealthy.
+    elsewhere = {"BOT_MODE": "webhook", "WEBHOOK_LISTEN": f"127.0.0.1:{free_port()}"}
+    assert await asyncio.to_thread(probe, path, **elsewhere) == 1

@@ -21,6 +21,8 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from aiohttp import web
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from tests.e2e.conftest import BotHarness
 from tests.e2e.test_webhook import SECRET, free_port
@@ -30,6 +32,7 @@ from tests.fakes.telegram import FakeTelegram
 ROOT = Path(__file__).parents[2]
 SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 TOKEN = "123456:TEST-TOKEN"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
@@ -231,3 +234,57 @@ async def lease_owner(url: str) -> str:
         await connection.close()
     assert isinstance(owner, str), owner
     return owner
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A Redis key prefix of this test's own, deleted afterwards (skipped without Redis)."""
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        await redis.aclose()
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    prefix = f"test-replicas-{secrets.token_hex(4)}"
+    try:
+        yield prefix
+    finally:
+        keys = [key async for key in redis.scan_iter(f"{prefix}:*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["redis", "no-redis"])
+async def test_replicas_share_telegram_s_rate_limit_through_redis(
+    tg: FakeTelegram, llm: FakeLLM, postgres_url: str, redis_prefix: str, shared: bool
+) -> None:
+    # Telegram lets this bot make 4 calls a second; each replica is told so.
+    tg.flood.global_limit = 4
+    ports = [free_port(), free_port()]
+    balancer = Balancer([f"http://127.0.0.1:{port}/tg/hook" for port in ports])
+    await balancer.start()
+    replicas = [BotHarness(tg=tg, llm=llm, db_url=postgres_url) for _ in ports]
+    limits: dict[str, Any] = {"telegram_rate_limit": 4, "stream_mode": "edit"}
+    if shared:
+        limits |= {"redis_url": REDIS_URL, "redis_prefix": redis_prefix}
+    try:
+        for replica, port in zip(replicas, ports, strict=True):
+            await replica.start(**replica_settings(balancer, port), **limits)
+        llm.set_default(lambda body: Stream(["Fine."]))
+        chats = list(range(9001, 9041))
+        for chat in chats:
+            tg.user_message(chat_id=chat, text="How are you?")
+        for chat in chats:
+            await replicas[0].wait_text(chat, "Fine.", within=60)
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        await balancer.stop()
+    assert set(balancer.sent) == set(balancer.targets)
+    if shared:
+        assert tg.flood.count_429 == 0  # together within the bot's limit
+    else:
+        assert tg.flood.count_429 > 0  # each within its own, together over it
