@@ -185,8 +185,10 @@ class BotProcess:
         workdir: Path,
         db_path: Path,
         extra_env: dict[str, str] | None = None,
+        ready_method: str = "getUpdates",
     ) -> BotProcess:
-        """Start the bot pointed at the fakes; returns once it polls for updates."""
+        """Start the bot pointed at the fakes; returns once it makes its first `ready_method`
+        call (it polls for updates; a webhook replica registers its webhook)."""
         env = {
             key: value
             for key, value in os.environ.items()
@@ -218,9 +220,9 @@ class BotProcess:
             )
         bot = cls(proc=proc, ps=psutil.Process(proc.pid), log_path=log_path)
         bot._sampler = asyncio.create_task(bot._sample())
-        polls = len(tg.calls_to("getUpdates"))
+        polls = len(tg.calls_to(ready_method))
         started = await until(
-            lambda: len(tg.calls_to("getUpdates")) > polls or proc.returncode is not None, 60
+            lambda: len(tg.calls_to(ready_method)) > polls or proc.returncode is not None, 60
         )
         if not started or proc.returncode is not None:
             await bot.stop()
