@@ -38,6 +38,7 @@ from bot.services.images import ImageConfig, ImageService
 from bot.services.languages import LanguageService
 from bot.services.migration import ChatMigration
 from bot.services.models import ModelService
+from bot.services.shared_models import SharedModelList
 from bot.services.tokens import TokenCounter
 from bot.services.usage import BudgetService, Limits, SettledUsage, UsagePolicy, UsageService
 from bot.services.voice import VoiceService
@@ -124,18 +125,23 @@ async def build_app(settings: Settings) -> App:
     # One pooled client for every backend call; streams are long-lived, so allow many at once.
     http = backend_http_client(max_connections=4096, headers={"User-Agent": "llm-telegram-bot"})
     sessions = create_sessionmaker(engine)
+    # REDIS_URL: one client for what the replicas share (rate limits, the model list).
+    redis = None
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     services = build_services(
         settings,
         sessions=sessions,
         read_sessions=create_sessionmaker(read_engine or engine),
         http=http,
+        redis=redis,
     )
     bot = build_bot(settings)
     tracker = InflightTracker()
     inbox = Inbox(sessions=sessions, tracker=tracker)
     # Every fetched batch is stored before aiogram's next getUpdates confirms it to Telegram.
     bot.session.middleware(InboxRecorder(inbox))
-    shared = shared_pace(settings) if settings.redis_url else None
+    shared = shared_pace(settings, redis) if redis is not None else None
     dispatcher = build_dispatcher(settings, services, bot=bot, tracker=tracker, shared=shared)
     updates = None
     if settings.bot_mode == "webhook":
@@ -175,8 +181,10 @@ def build_services(
     sessions: async_sessionmaker[AsyncSession],
     read_sessions: async_sessionmaker[AsyncSession],
     http: httpx.AsyncClient,
+    redis: Redis | None = None,
 ) -> Services:
-    """The services, sharing one Directory of chats and users and one backend client."""
+    """The services, sharing one Directory of chats and users and one backend client (and,
+    with `redis`, the model list with the other replicas)."""
     retry = RetryPolicy(max_retries=settings.llm_max_retries)
     timeouts = LLMTimeouts(
         connect=settings.llm_connect_timeout,
@@ -211,6 +219,7 @@ def build_services(
         default_model=settings.llm_model,
         allowed=settings.llm_models,
         cache_seconds=settings.models_cache_seconds,
+        shared=shared_models(settings, redis) if redis is not None else None,
     )
     backends = BackendRouter(
         routed,
@@ -325,17 +334,29 @@ def build_bot(settings: Settings) -> Bot:
     return Bot(token=settings.bot_token.get_secret_value(), session=session)
 
 
-def shared_pace(settings: Settings) -> SharedPace:
-    """Telegram's limits in the Redis of REDIS_URL, under this bot's own keys."""
+def redis_prefix(settings: Settings) -> str:
+    """The start of this bot's Redis keys: REDIS_PREFIX and the bot's id."""
+    return f"{settings.redis_prefix}:{settings.bot_token.get_secret_value().partition(':')[0]}"
+
+
+def shared_pace(settings: Settings, redis: Redis) -> SharedPace:
+    """Telegram's limits in Redis, under this bot's own keys."""
     rate = settings.telegram_rate_limit
     limit = max(1, math.floor(rate))
-    bot_id = settings.bot_token.get_secret_value().partition(":")[0]
     return SharedPace(
-        Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2),
-        prefix=f"{settings.redis_prefix}:{bot_id}",
+        redis,
+        prefix=redis_prefix(settings),
         limit=limit,
         window=limit / rate * GLOBAL_WINDOW_MARGIN,
     )
+
+
+def shared_models(settings: Settings, redis: Redis) -> SharedModelList | None:
+    """The model list kept in Redis for MODELS_CACHE_SECONDS (None: it is not cached)."""
+    if settings.models_cache_seconds <= 0:
+        return None
+    key = f"{redis_prefix(settings)}:models"
+    return SharedModelList(redis, key=key, ttl=settings.models_cache_seconds)
 
 
 def build_dispatcher(

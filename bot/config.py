@@ -457,8 +457,8 @@ class StorageSettings(BaseModel):
     """Where the conversations, choices and usage are kept."""
 
     database_url: str = "sqlite+aiosqlite:///data/bot.db"
-    # Redis shared by the replicas (required with more than one): Telegram's rate limits and
-    # 429 cooldowns, under keys starting with REDIS_PREFIX. Empty: no Redis.
+    # Redis shared by the replicas (required with more than one): Telegram's rate limits, 429
+    # cooldowns and the model list, under keys starting with REDIS_PREFIX. Empty: no Redis.
     redis_url: str = ""
     redis_prefix: str = Field(default="llm-bot", min_length=1, max_length=64)
 

@@ -19,6 +19,7 @@ from bot.llm.client import LLMClient
 from bot.llm.errors import LLMError
 from bot.llm.types import ModelInfo
 from bot.services.directory import Directory
+from bot.services.shared_models import SharedModelList
 
 logger = logging.getLogger(__name__)
 
@@ -245,9 +246,12 @@ class ModelService:
         directory: Directory | None = None,
         fallbacks: Sequence[tuple[str, LLMClient]] = (),
         primary_name: str = "",
+        shared: SharedModelList | None = None,
     ) -> None:
         """`fallbacks`: (name, client) of the fallback backends asked for the chat's model,
-        whose models are offered too; `primary_name` names the primary in `lacking`."""
+        whose models are offered too; `primary_name` names the primary in `lacking`; `shared`:
+        the list kept with the other replicas (REDIS_URL)."""
+        self._shared = shared
         self._fallbacks = tuple(fallbacks)
         self._primary_name = primary_name
         # Which backends' lists offer each model, and whose lists were loaded at all.
@@ -309,7 +313,7 @@ class ModelService:
             servable = self._servable(wanted, now, listed_is_enough=listed_is_enough)
             if servable or now < self._retry_at:
                 return self._catalogue
-            listed = await self._list_everywhere()
+            listed, age = await self._listed(wanted)
             if listed is None:
                 self._retry_at = self._clock() + min(self._cache_seconds, FAILURE_BACKOFF_SECONDS)
                 return self._catalogue
@@ -318,7 +322,7 @@ class ModelService:
             )
             self._contexts.update({m.id: m.context_tokens for m in listed if m.context_tokens})
             self._vision.update({m.id: m.vision for m in listed if m.vision is not None})
-            self._loaded_at = self._clock()
+            self._loaded_at = self._clock() - age
             self._fresh_until = self._loaded_at + self._cache_seconds
             logger.info(
                 "backend lists %d models, %d offered for chat (list %s)",
@@ -327,6 +331,20 @@ class ModelService:
                 self._catalogue.version,
             )
             return self._catalogue
+
+    async def _listed(self, wanted: str) -> tuple[list[ModelInfo] | None, float]:
+        """The merged list and its age: another replica's if it is kept and offers `wanted`,
+        else fetched from the backends now (and kept for the other replicas)."""
+        shared = self._shared
+        if shared is not None:
+            kept = await shared.get()
+            if kept is not None and any(model.id == wanted for model in kept.models):
+                self._listed_by, self._listing = kept.listed_by, kept.listing
+                return kept.models, kept.age
+        listed = await self._list_everywhere()
+        if listed is not None and shared is not None:
+            await shared.put(listed, self._listed_by, self._listing)
+        return listed, 0.0
 
     async def _list_everywhere(self) -> list[ModelInfo] | None:
         """The primary's models, then those only a fallback lists (marked with its name).

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.db import create_sessionmaker
@@ -19,6 +23,7 @@ from bot.services.models import (
     Unknown,
     label,
 )
+from bot.services.shared_models import SharedModelList
 from tests.fakes.openai import AKASHCHAT_MODELS, FakeLLM
 
 CHAT = 1001
@@ -283,3 +288,40 @@ async def test_a_fallback_without_a_model_list_leaves_the_primarys(setup: Setup)
     assert [m.id for m in catalogue.models] == ["gpt-4o", "gpt-4o-mini"]
     # Without a list of its own, the fallback is not taken to lack any model.
     assert service.lacking("some-model") == {"main"}
+
+
+async def test_replicas_share_one_fetched_list_through_redis(setup: Setup) -> None:
+    redis = Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        await redis.aclose()
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"Redis is not reachable: {exc}")
+    key = f"test-models-{secrets.token_hex(4)}:models"
+    try:
+        first = setup.service(shared=SharedModelList(redis, key=key, ttl=300))
+        second = setup.service(shared=SharedModelList(redis, key=key, ttl=300))
+        listed = await first.catalogue()
+        assert listed is not None
+        assert setup.llm.models_requests == 1
+        # Another replica serves the same list without asking the backend.
+        kept = await second.catalogue()
+        assert kept is not None
+        assert [m.id for m in kept.models] == [m.id for m in listed.models]
+        assert setup.llm.models_requests == 1
+        # A model missing from the kept list is looked for at the backend.
+        setup.llm.models = ["gpt-4o", "gpt-4o-mini", "o3"]
+        setup.clock.now += EARLY_REFRESH_SECONDS + 1
+        result = await choose(second, "o3")
+        assert isinstance(result, Switched) and result.model.id == "o3" and result.verified
+        assert setup.llm.models_requests == 2
+        # ... and the list fetched then is what the first replica sees next.
+        setup.clock.now += 301
+        renewed = await first.catalogue()
+        assert renewed is not None and "o3" in [m.id for m in renewed.models]
+        assert setup.llm.models_requests == 2
+    finally:
+        await redis.delete(key)
+        await redis.aclose()
