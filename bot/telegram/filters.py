@@ -1,4 +1,8 @@
-"""Filters deciding whether a message is meant for the bot."""
+"""Filters deciding whether a message is meant for the bot, and what it carries.
+
+All are coroutines: aiogram runs a plain callable filter, its magic filters (`F.text`…)
+included, in a worker thread (`asyncio.to_thread`), a thread hop per filter per message.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,38 @@ class NotFromBot(BaseFilter):
     async def __call__(self, message: Message) -> bool:
         """True unless the sender is a bot."""
         return message.from_user is not None and not message.from_user.is_bot
+
+
+class Carries(BaseFilter):
+    """Passes messages with any of these fields set (e.g. "text", "caption", "document")."""
+
+    def __init__(self, *fields: str) -> None:
+        """The Message fields looked at."""
+        self._fields = fields
+
+    async def __call__(self, message: Message) -> bool:
+        """True if one of the fields is set and not empty."""
+        return any(getattr(message, name, None) for name in self._fields)
+
+
+class CommandText(BaseFilter):
+    """Passes text messages that begin with a slash: commands, known to the bot or not."""
+
+    async def __call__(self, message: Message) -> bool:
+        """True for a text starting with "/"."""
+        return bool(message.text) and (message.text or "").startswith("/")
+
+
+class ContentType(BaseFilter):
+    """Passes messages of these content types (Telegram's names: "sticker", "video"…)."""
+
+    def __init__(self, types: frozenset[str]) -> None:
+        """The content types passed."""
+        self._types = types
+
+    async def __call__(self, message: Message) -> bool:
+        """True if the message's content type is one of them."""
+        return message.content_type in self._types
 
 
 class Addressed(BaseFilter):

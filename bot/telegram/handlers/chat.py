@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import Command
 from aiogram.types import Message
 
 from bot.i18n import _
 from bot.services.chat import ChatService
-from bot.telegram.filters import GROUP_TYPES, Addressed, NotFromBot
+from bot.telegram.filters import (
+    GROUP_TYPES,
+    Addressed,
+    Carries,
+    CommandText,
+    ContentType,
+    NotFromBot,
+)
 from bot.telegram.replies import Replies
 from bot.telegram.requests import chat_request
 
@@ -81,7 +88,7 @@ def build_router() -> Router:
     router = Router(name=__name__)
     router.message.filter(NotFromBot())
     router.message.register(retry, Command("retry"))
-    router.message.register(unknown_command, F.text.startswith("/"), Addressed())
-    router.message.register(converse, F.text | F.caption, Addressed())
-    router.message.register(unsupported, F.content_type.in_(MEDIA_TYPES), Addressed())
+    router.message.register(unknown_command, CommandText(), Addressed())
+    router.message.register(converse, Carries("text", "caption"), Addressed())
+    router.message.register(unsupported, ContentType(MEDIA_TYPES), Addressed())
     return router

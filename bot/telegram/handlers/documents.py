@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from aiogram import Bot, F, Router
+from aiogram import Bot, Router
 from aiogram.types import Message
 
 from bot.config import Settings
@@ -12,7 +12,7 @@ from bot.i18n import _, format_number
 from bot.services.chat import ChatService
 from bot.services.documents import DocumentRefusal, accepts, is_pdf, read_document
 from bot.telegram.downloads import DownloadFailed, TooLarge, download
-from bot.telegram.filters import Addressed, NotFromBot
+from bot.telegram.filters import Addressed, Carries, NotFromBot
 from bot.telegram.replies import Replies
 from bot.telegram.requests import chat_request
 
@@ -104,5 +104,5 @@ def build_router() -> Router:
     """A fresh router with this module's handlers (one per Dispatcher)."""
     router = Router(name=__name__)
     router.message.filter(NotFromBot())
-    router.message.register(document, F.document, Addressed())
+    router.message.register(document, Carries("document"), Addressed())
     return router

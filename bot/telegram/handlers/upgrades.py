@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.types import Message
 
 from bot.services.migration import ChatMigration
+from bot.telegram.filters import Carries
 
 
 async def group_upgraded(message: Message, chat_migration: ChatMigration) -> None:
@@ -21,5 +22,5 @@ def build_router() -> Router:
     # Only the old group's announcement: it is handled in that chat's turn (ChatSequencer), so
     # after an answer still being written there has stored its turn under the old id. The
     # supergroup's own announcement (`migrate_from_chat_id`) could overtake that answer.
-    router.message.register(group_upgraded, F.migrate_to_chat_id)
+    router.message.register(group_upgraded, Carries("migrate_to_chat_id"))
     return router
