@@ -463,6 +463,11 @@ async def _register_webhook(app: App) -> None:
     assert secret is not None  # checked with the settings
     if not settings.webhook_url.startswith("https://"):
         logger.warning("WEBHOOK_URL is not https: Telegram posts only to https URLs")
+    if not settings.redis_url:
+        logger.warning(
+            "webhook mode without REDIS_URL: fine for one replica; several must share "
+            "Telegram's rate limits through Redis"
+        )
     await app.bot.set_webhook(
         url=settings.webhook_url,
         secret_token=secret.get_secret_value(),
