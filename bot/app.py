@@ -71,6 +71,8 @@ from bot.telegram.pacing import GLOBAL_WINDOW_MARGIN, FloodGate
 from bot.telegram.replies import Replies
 from bot.telegram.session import BotSession
 from bot.telegram.shared_pacing import SharedPace
+from bot.telegram.shared_stops import SharedStops
+from bot.telegram.stops import Generations
 from bot.telegram.webhook import UpdateQueue, WebhookServer
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,10 @@ class App:
     updates: UpdateQueue | None = None
     # REDIS_URL: Telegram's limits shared with the other replicas.
     shared: SharedPace | None = None
+    # The answers being generated (with REDIS_URL, a Stop reaches them from any replica), and
+    # the task hearing other replicas' Stops.
+    generations: Generations | None = None
+    stop_listener: asyncio.Task[None] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +148,12 @@ async def build_app(settings: Settings) -> App:
     # Every fetched batch is stored before aiogram's next getUpdates confirms it to Telegram.
     bot.session.middleware(InboxRecorder(inbox))
     shared = shared_pace(settings, redis) if redis is not None else None
-    dispatcher = build_dispatcher(settings, services, bot=bot, tracker=tracker, shared=shared)
+    generations = Generations(
+        SharedStops(redis, prefix=redis_prefix(settings)) if redis is not None else None
+    )
+    dispatcher = build_dispatcher(
+        settings, services, bot=bot, tracker=tracker, shared=shared, generations=generations
+    )
     updates = None
     if settings.bot_mode == "webhook":
         updates = UpdateQueue(
@@ -164,6 +175,7 @@ async def build_app(settings: Settings) -> App:
         chat_service=services.chat_service,
         updates=updates,
         shared=shared,
+        generations=generations,
     )
     dispatcher["app"] = app
     dispatcher.startup.register(_on_startup)
@@ -366,6 +378,7 @@ def build_dispatcher(
     bot: Bot,
     tracker: InflightTracker,
     shared: SharedPace | None = None,
+    generations: Generations | None = None,
 ) -> Dispatcher:
     """The dispatcher: middlewares in their order, then the routers, the conversation last."""
     gate = FloodGate(
@@ -380,6 +393,7 @@ def build_dispatcher(
         migration=services.chat_migration,
         stream_mode=settings.stream_mode,
         draft_interval=settings.draft_interval,
+        generations=generations,
     )
     dispatcher = Dispatcher(
         disable_fsm=True,  # no conversation states: skip the FSM lookups on every update
@@ -434,6 +448,9 @@ def build_dispatcher(
 
 
 async def _on_startup(app: App) -> None:
+    if app.generations is not None and app.settings.redis_url:
+        # Before any answer begins: from now on, other replicas' Stops reach this one's.
+        app.stop_listener = asyncio.create_task(app.generations.listen())
     if app.updates is None:
         # Before polling fetches anything newer, so every chat's messages stay in order.
         await app.inbox.replay(app.dispatcher, app.bot)
@@ -486,6 +503,10 @@ async def _on_shutdown(app: App) -> None:
     await app.tracker.drain(app.settings.shutdown_grace)
     # An answer cut short by the stop is still written: wait for it before the engine goes.
     await app.chat_service.close()
+    if app.stop_listener is not None:
+        app.stop_listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app.stop_listener
     if app.updates is not None:
         try:
             await app.updates.close()

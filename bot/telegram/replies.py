@@ -38,12 +38,13 @@ class Replies:
         migration: ChatMigration | None = None,
         stream_mode: StreamMode = "auto",
         draft_interval: float = 0.5,
+        generations: Generations | None = None,
     ) -> None:
         self._delivery = Delivery(bot=bot, gate=gate, policy=policy)
         self._migration = migration
         self._stream_mode = stream_mode
         self._draft_interval = draft_interval
-        self.generations = Generations()
+        self.generations = generations or Generations()
 
     def writer(self, message: Message) -> TelegramReplyWriter:
         """A stream writer answering `message` (its sender may stop the answer)."""

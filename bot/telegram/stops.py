@@ -17,6 +17,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.i18n import _
+from bot.telegram.shared_stops import SharedStops
 
 # draft_id is a 64-bit integer for Telegram; a positive 31-bit one suits every client.
 _MAX_ID = 2**31 - 1
@@ -43,30 +44,74 @@ class Generation:
         return InlineKeyboardMarkup(inline_keyboard=[[button]])
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """A running answer as a Stop sees it: its id, its chat and who asked for it."""
+
+    id: int
+    chat_id: int
+    asker_id: int | None
+
+
 class Generations:
-    """The answers being generated right now, by id."""
+    """The answers being generated right now, by id: this replica's, and with `shared` (Redis)
+    those of every replica, so that a Stop handled here also ends an answer running elsewhere.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedStops | None = None) -> None:
         self._running: dict[int, Generation] = {}
+        self._shared = shared
 
-    def open(self, *, chat_id: int, asker_id: int | None) -> Generation:
+    async def open(self, *, chat_id: int, asker_id: int | None) -> Generation:
         """Register a new answer; `close` it when it ends."""
         while True:
             generation_id = secrets.randbelow(_MAX_ID) + 1
-            if generation_id not in self._running:
+            if generation_id in self._running:
+                continue
+            if self._shared is None or await self._shared.reserve(
+                generation_id, chat_id=chat_id, asker_id=asker_id
+            ):
                 break
         generation = Generation(id=generation_id, chat_id=chat_id, asker_id=asker_id)
         self._running[generation_id] = generation
         return generation
 
-    def close(self, generation: Generation) -> None:
+    async def close(self, generation: Generation) -> None:
         """The answer has ended: a later Stop for it changes nothing."""
         if self._running.get(generation.id) is generation:
             del self._running[generation.id]
+            if self._shared is not None:
+                await self._shared.release(generation.id)
 
-    def find(self, *, chat_id: int, generation_id: int) -> Generation | None:
-        """The running answer with this id in this chat, if any."""
+    async def find(self, *, chat_id: int, generation_id: int) -> Asked | None:
+        """The running answer with this id in this chat, on any replica, if there is one."""
         generation = self._running.get(generation_id)
-        if generation is None or generation.chat_id != chat_id:
+        if generation is not None:
+            found: tuple[int, int | None] | None = (generation.chat_id, generation.asker_id)
+        elif self._shared is not None:
+            found = await self._shared.find(generation_id)
+        else:
+            found = None
+        if found is None or found[0] != chat_id:
             return None
-        return generation
+        return Asked(id=generation_id, chat_id=chat_id, asker_id=found[1])
+
+    async def stop(self, asked: Asked) -> None:
+        """End that answer: here if it runs here, else on the replica running it."""
+        if self._stop_here(asked.id):
+            return
+        if self._shared is not None:
+            await self._shared.stop(asked.id)
+
+    async def listen(self) -> None:
+        """Stop this replica's answers that other replicas' Stops name, until cancelled (returns
+        at once without `shared`)."""
+        if self._shared is not None:
+            await self._shared.listen(self._stop_here)
+
+    def _stop_here(self, generation_id: int) -> bool:
+        generation = self._running.get(generation_id)
+        if generation is None:
+            return False
+        generation.stopped.set()
+        return True

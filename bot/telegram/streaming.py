@@ -135,7 +135,7 @@ class TelegramReplyWriter:
         can spare (see `_show_placeholder`), with "typing…" meanwhile. Otherwise "typing…".
         """
         if self._generations is not None:
-            self._generation = self._generations.open(
+            self._generation = await self._generations.open(
                 chat_id=self._chat_id, asker_id=self._asker_id
             )
             self._stop_markup = self._generation.stop_button()
@@ -174,7 +174,7 @@ class TelegramReplyWriter:
         """
         self._mark = mark
         self._finishing = True
-        self._close_generation()
+        await self._close_generation()
         # An edit still waiting behind other chats' urgent calls now carries the final text.
         self._turn.hurry()
         self._changed.set()
@@ -190,9 +190,9 @@ class TelegramReplyWriter:
             await self.send_text(note, reply_to=replied)
         return delivered
 
-    def _close_generation(self) -> None:
+    async def _close_generation(self) -> None:
         if self._generation is not None and self._generations is not None:
-            self._generations.close(self._generation)
+            await self._generations.close(self._generation)
 
     async def fail(self, message: str) -> None:
         """Tell the user the answer failed; no answer text was pushed."""

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tests.e2e.conftest import BotHarness
+from tests.e2e.test_streaming_modes import stop_data, words
 from tests.e2e.test_webhook import SECRET, free_port
 from tests.fakes.openai import FakeLLM, Hang, Stream
 from tests.fakes.telegram import FakeTelegram
@@ -288,3 +289,57 @@ async def test_replicas_share_telegram_s_rate_limit_through_redis(
         assert tg.flood.count_429 == 0  # together within the bot's limit
     else:
         assert tg.flood.count_429 > 0  # each within its own, together over it
+
+
+@pytest.mark.parametrize("button", [False, True], ids=["draft", "button"])
+async def test_a_stop_handled_by_another_replica_ends_the_answer(
+    tg: FakeTelegram, llm: FakeLLM, postgres_url: str, redis_prefix: str, button: bool
+) -> None:
+    chat = 8101
+    ports = [free_port(), free_port()]
+    balancer = Balancer([f"http://127.0.0.1:{port}/tg/hook" for port in ports])
+    await balancer.start()
+    replicas = [BotHarness(tg=tg, llm=llm, db_url=postgres_url) for _ in ports]
+    try:
+        for replica, port in zip(replicas, ports, strict=True):
+            await replica.start(
+                **replica_settings(balancer, port)
+                | {
+                    # Long enough that nobody takes over the answer while this test runs.
+                    "webhook_lease_seconds": 30,
+                    "redis_url": REDIS_URL,
+                    "redis_prefix": redis_prefix,
+                    "stream_mode": "edit" if button else "auto",
+                }
+            )
+        llm.enqueue(Stream(words(100), delay=0.1))
+        tg.user_message(chat_id=chat, text="Count to 100")
+        if button:
+            await tg.wait_for(lambda t: bool(t.messages(chat)), timeout=15)
+        else:
+            await tg.wait_for(lambda t: bool(t.visible_draft(chat)), timeout=15)
+        # The replica generating the answer claims nothing more: the Stop goes to the other.
+        owner = await lease_owner(postgres_url)
+        [running] = [r for r in replicas if r.app and r.app.updates.owner == owner]
+        running.app.updates.stop()
+        if button:
+            message = tg.messages(chat)[0]
+            data = stop_data(message.reply_markup)
+            assert data is not None, "no Stop button while streaming"
+            pressed = tg.callback_query(chat_id=chat, message_id=message.message_id, data=data)
+            query_id = pressed["callback_query"]["id"]
+            await tg.wait_for(lambda t: query_id in t.callback_answers, timeout=10)
+            assert tg.callback_answers[query_id]["text"] == "Stopped."
+        else:
+            tg.stop_generation(chat)
+        await tg.wait_for(
+            lambda t: any(m.text.endswith("⏹ stopped") for m in t.messages(chat)), timeout=10
+        )
+        await tg.wait_for(lambda t: llm.requests[-1].finished_at is not None, timeout=5)
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        await balancer.stop()
+    assert llm.requests[-1].disconnected, "the backend was read to the end"
+    [final] = [m.text for m in tg.messages(chat)]
+    assert final.startswith("w0") and "w99" not in final

@@ -18,12 +18,13 @@ logger = logging.getLogger(__name__)
 
 async def draft_stopped(event: MessageGenerationStopped, replies: Replies) -> None:
     """The user pressed the stop button of a draft: end that answer, if it still runs."""
-    generation = replies.generations.find(chat_id=event.chat.id, generation_id=event.draft_id)
-    if generation is None:
+    generations = replies.generations
+    asked = await generations.find(chat_id=event.chat.id, generation_id=event.draft_id)
+    if asked is None:
         logger.info("chat %s: stop for draft %s, no longer running", event.chat.id, event.draft_id)
         return
     logger.info("chat %s: answer stopped by the user (draft)", event.chat.id)
-    generation.stopped.set()
+    await generations.stop(asked)
 
 
 async def stop_pressed(
@@ -31,14 +32,15 @@ async def stop_pressed(
 ) -> None:
     """The Stop button: the person who asked, or whoever manages the chat, ends the answer."""
     chat = query.message.chat if query.message is not None else None
-    generation = None
+    generations = replies.generations
+    asked = None
     if chat is not None:
-        generation = replies.generations.find(chat_id=chat.id, generation_id=callback_data.g)
-    if chat is None or generation is None:
+        asked = await generations.find(chat_id=chat.id, generation_id=callback_data.g)
+    if chat is None or asked is None:
         await query.answer(_("This answer has already finished."))
         return
     user_id = query.from_user.id
-    if user_id != generation.asker_id and not await manages_chat(
+    if user_id != asked.asker_id and not await manages_chat(
         bot=bot, settings=settings, chat=chat, user_id=user_id
     ):
         await query.answer(
@@ -46,7 +48,7 @@ async def stop_pressed(
         )
         return
     logger.info("chat %s: answer stopped by user %s", chat.id, user_id)
-    generation.stopped.set()
+    await generations.stop(asked)
     await query.answer(_("Stopped."))
 
 
