@@ -33,6 +33,7 @@ from bot.llm.router import Backend, BackendRouter
 from bot.llm.transcribe import TranscriptionClient
 from bot.llm.transport import backend_http_client
 from bot.services.chat import ChatConfig, ChatService
+from bot.services.directory import CAPACITY as DIRECTORY_CAPACITY
 from bot.services.directory import Directory
 from bot.services.images import ImageConfig, ImageService
 from bot.services.languages import LanguageService
@@ -219,7 +220,10 @@ def build_services(
         for spec in settings.backends()
     ]
     primary, fallbacks = routed[0], routed[1:]
-    directory = Directory()
+    # Polling: this process alone writes chats and users, so what it stored stays true until it
+    # writes again. Webhook replicas all write them (/model answered by one, the next message by
+    # another): each read comes from the database.
+    directory = Directory(capacity=0 if settings.bot_mode == "webhook" else DIRECTORY_CAPACITY)
     # The model list is every backend's that is asked for the chat's model; images come from
     # the primary.
     models = ModelService(

@@ -20,9 +20,10 @@ class Directory:
     """Every service that stores chats or users goes through one shared Directory.
 
     Telegram lets one process at a time poll a bot's updates, so the bot is the only writer of
-    its chats and users, and what it committed stays true until it writes again. It is the one
-    in-memory copy of them: the users' chosen languages are read through it too. A message from
-    a chat and a user it knows, as Telegram still reports them, then costs no statement for
+    its chats and users, and what it committed stays true until it writes again. (Webhook
+    replicas each write them, so there the Directory remembers nothing: `capacity=0`.) It is the
+    one in-memory copy of them: the users' chosen languages are read through it too. A message
+    from a chat and a user it knows, as Telegram still reports them, then costs no statement for
     either. Records are remembered only once their transaction has committed (`remember`):
     a rolled-back insert must not be taken for a stored row. Beyond `capacity` the least
     recently seen are forgotten; `capacity=0` remembers nothing.

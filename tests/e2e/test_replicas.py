@@ -343,3 +343,54 @@ async def test_a_stop_handled_by_another_replica_ends_the_answer(
     assert llm.requests[-1].disconnected, "the backend was read to the end"
     [final] = [m.text for m in tg.messages(chat)]
     assert final.startswith("w0") and "w99" not in final
+
+
+async def test_a_model_or_language_chosen_on_one_replica_holds_on_every_replica(
+    tg: FakeTelegram, llm: FakeLLM, postgres_url: str
+) -> None:
+    chat = 8201
+    ports = [free_port(), free_port()]
+    balancer = Balancer([f"http://127.0.0.1:{port}/tg/hook" for port in ports])
+    await balancer.start()
+    replicas = [BotHarness(tg=tg, llm=llm, db_url=postgres_url) for _ in ports]
+    bot = replicas[0]
+
+    async def ask(text: str) -> str:
+        count = len(tg.messages(chat))
+        tg.user_message(chat_id=chat, text=text, user_id=chat)
+        texts = await bot.wait_messages(chat, lambda t: len(t) > count, within=15)
+        return texts[-1]
+
+    try:
+        for replica, port in zip(replicas, ports, strict=True):
+            await replica.start(**replica_settings(balancer, port))
+        llm.set_default(lambda body: Stream([f"re: {body['messages'][-1]['content']}"]))
+        # Each replica gets (and could remember) the chat and its user.
+        for text in ("one", "two", "/start", "/start"):
+            await ask(text)
+        assert "now uses gpt-4o" in await ask("/model gpt-4o")
+        await ask("/language")
+        [picker] = [m for m in tg.live_messages(chat) if m.reply_markup]
+        [data] = [
+            b["callback_data"]
+            for row in (picker.reply_markup or {})["inline_keyboard"]
+            for b in row
+            if b["text"] == "Русский"
+        ]
+        pressed = tg.callback_query(
+            chat_id=chat, message_id=picker.message_id, data=data, user_id=chat
+        )
+        query_id = pressed["callback_query"]["id"]
+        await tg.wait_for(lambda t: query_id in t.callback_answers, timeout=10)
+        assert tg.callback_answers[query_id]["text"] == "✅ Язык: Русский."
+        # Whichever replica answers next knows both choices.
+        for text in ("three", "four"):
+            assert await ask(text) == f"re: {text}"
+            assert llm.chat_requests[-1]["model"] == "gpt-4o"
+        for _ in range(2):
+            assert (await ask("/start")).startswith("Привет")
+    finally:
+        for replica in replicas:
+            await replica.stop()
+        await balancer.stop()
+    assert set(balancer.sent) == set(balancer.targets)
