@@ -37,6 +37,10 @@ STEPS: list[tuple[str, str]] = [
     ),
     ("the rest of the bot (bot.app)", "import bot.app"),
     ("asyncpg (loaded only for a PostgreSQL DATABASE_URL)", "import asyncpg"),
+    ("redis-py and the shared parts (loaded only with REDIS_URL)", "import bot.replicas"),
+    ("aiohttp's server (loaded only in webhook mode)", "import bot.telegram.webhook, aiohttp.web"),
+    ("pypdf (loaded at the first PDF)", "import bot.services.pdf"),
+    ("charset_normalizer (loaded at the first file not in UTF-8)", "import charset_normalizer"),
 ]
 
 # Run twice: tracemalloc's own bookkeeping inflates RSS, so RSS is read in a run without it.

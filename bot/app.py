@@ -6,18 +6,16 @@ import asyncio
 import contextlib
 import gc
 import logging
-import math
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from aiogram import Bot, Dispatcher
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError, TelegramServerError
-from aiohttp import web
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -39,7 +37,6 @@ from bot.services.images import ImageConfig, ImageService
 from bot.services.languages import LanguageService
 from bot.services.migration import ChatMigration
 from bot.services.models import ModelService
-from bot.services.shared_models import SharedModelList
 from bot.services.tokens import TokenCounter
 from bot.services.usage import BudgetService, Limits, SettledUsage, UsagePolicy, UsageService
 from bot.services.voice import VoiceService
@@ -68,13 +65,16 @@ from bot.telegram.middlewares import (
     InflightTracker,
     LocaleMiddleware,
 )
-from bot.telegram.pacing import GLOBAL_WINDOW_MARGIN, FloodGate
+from bot.telegram.pacing import FloodGate
 from bot.telegram.replies import Replies
 from bot.telegram.session import BotSession
-from bot.telegram.shared_pacing import SharedPace
-from bot.telegram.shared_stops import SharedStops
 from bot.telegram.stops import Generations
-from bot.telegram.webhook import UpdateQueue, WebhookServer
+
+if TYPE_CHECKING:
+    from bot.replicas import Shared
+    from bot.services.shared_models import SharedModelList
+    from bot.telegram.shared_pacing import SharedPace
+    from bot.telegram.webhook import UpdateQueue
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,8 @@ class App:
     chat_service: ChatService
     # Webhook mode: the stored updates this replica claims and handles.
     updates: UpdateQueue | None = None
-    # REDIS_URL: Telegram's limits shared with the other replicas.
-    shared: SharedPace | None = None
+    # REDIS_URL: what the replicas share (Telegram's limits, the model list, running answers).
+    shared: Shared | None = None
     # The answers being generated (with REDIS_URL, a Stop reaches them from any replica), and
     # the task hearing other replicas' Stops.
     generations: Generations | None = None
@@ -132,31 +132,38 @@ async def build_app(settings: Settings) -> App:
     # One pooled client for every backend call; streams are long-lived, so allow many at once.
     http = backend_http_client(max_connections=4096, headers={"User-Agent": "llm-telegram-bot"})
     sessions = create_sessionmaker(engine)
-    # REDIS_URL: one client for what the replicas share (rate limits, the model list).
-    redis = None
+    shared = None
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+        # Imported only with REDIS_URL: redis-py adds some 7 MB to a process not sharing.
+        from bot.replicas import connect
+
+        shared = connect(settings)
     services = build_services(
         settings,
         sessions=sessions,
         read_sessions=create_sessionmaker(read_engine or engine),
         http=http,
-        redis=redis,
+        shared_models=shared.models if shared is not None else None,
     )
     bot = build_bot(settings)
     tracker = InflightTracker()
     inbox = Inbox(sessions=sessions, tracker=tracker)
     # Every fetched batch is stored before aiogram's next getUpdates confirms it to Telegram.
     bot.session.middleware(InboxRecorder(inbox))
-    shared = shared_pace(settings, redis) if redis is not None else None
-    generations = Generations(
-        SharedStops(redis, prefix=redis_prefix(settings)) if redis is not None else None
-    )
+    generations = Generations(shared.stops if shared is not None else None)
     dispatcher = build_dispatcher(
-        settings, services, bot=bot, tracker=tracker, shared=shared, generations=generations
+        settings,
+        services,
+        bot=bot,
+        tracker=tracker,
+        shared=shared.pace if shared is not None else None,
+        generations=generations,
     )
     updates = None
     if settings.bot_mode == "webhook":
+        # Imported only in webhook mode, with aiohttp's server (a few MB polling does without).
+        from bot.telegram.webhook import UpdateQueue
+
         updates = UpdateQueue(
             sessions=sessions,
             dispatcher=dispatcher,
@@ -194,10 +201,10 @@ def build_services(
     sessions: async_sessionmaker[AsyncSession],
     read_sessions: async_sessionmaker[AsyncSession],
     http: httpx.AsyncClient,
-    redis: Redis | None = None,
+    shared_models: SharedModelList | None = None,
 ) -> Services:
     """The services, sharing one Directory of chats and users and one backend client (and,
-    with `redis`, the model list with the other replicas)."""
+    with `shared_models`, the model list with the other replicas)."""
     retry = RetryPolicy(max_retries=settings.llm_max_retries)
     timeouts = LLMTimeouts(
         connect=settings.llm_connect_timeout,
@@ -235,7 +242,7 @@ def build_services(
         default_model=settings.llm_model,
         allowed=settings.llm_models,
         cache_seconds=settings.models_cache_seconds,
-        shared=shared_models(settings, redis) if redis is not None else None,
+        shared=shared_models,
     )
     backends = BackendRouter(
         routed,
@@ -348,31 +355,6 @@ def build_bot(settings: Settings) -> Bot:
     build_hot_models()
     session.pin_response_models(hot_methods())
     return Bot(token=settings.bot_token.get_secret_value(), session=session)
-
-
-def redis_prefix(settings: Settings) -> str:
-    """The start of this bot's Redis keys: REDIS_PREFIX and the bot's id."""
-    return f"{settings.redis_prefix}:{settings.bot_token.get_secret_value().partition(':')[0]}"
-
-
-def shared_pace(settings: Settings, redis: Redis) -> SharedPace:
-    """Telegram's limits in Redis, under this bot's own keys."""
-    rate = settings.telegram_rate_limit
-    limit = max(1, math.floor(rate))
-    return SharedPace(
-        redis,
-        prefix=redis_prefix(settings),
-        limit=limit,
-        window=limit / rate * GLOBAL_WINDOW_MARGIN,
-    )
-
-
-def shared_models(settings: Settings, redis: Redis) -> SharedModelList | None:
-    """The model list kept in Redis for MODELS_CACHE_SECONDS (None: it is not cached)."""
-    if settings.models_cache_seconds <= 0:
-        return None
-    key = f"{redis_prefix(settings)}:models"
-    return SharedModelList(redis, key=key, ttl=settings.models_cache_seconds)
 
 
 def build_dispatcher(
@@ -639,6 +621,10 @@ async def _serve(app: App, *, stop: asyncio.Event, polling_timeout: int) -> None
 
 async def _serve_webhook(app: App, updates: UpdateQueue, *, stop: asyncio.Event) -> None:
     """Serve Telegram's posts and handle stored updates until `stop`."""
+    from aiohttp import web
+
+    from bot.telegram.webhook import WebhookServer
+
     settings = app.settings
     secret = settings.webhook_secret
     assert secret is not None  # checked with the settings

@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,7 +20,9 @@ from bot.llm.client import LLMClient
 from bot.llm.errors import LLMError
 from bot.llm.types import ModelInfo
 from bot.services.directory import Directory
-from bot.services.shared_models import SharedModelList
+
+if TYPE_CHECKING:
+    from bot.services.shared_models import SharedModelList
 
 logger = logging.getLogger(__name__)
 

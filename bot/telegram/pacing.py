@@ -7,9 +7,10 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.telegram.shared_pacing import SharedPace
+if TYPE_CHECKING:
+    from bot.telegram.shared_pacing import SharedPace
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]

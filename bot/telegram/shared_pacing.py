@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -162,18 +161,6 @@ class SharedPace:
     async def global_done(self, member: str) -> None:
         """The call that took slot `member` was answered."""
         await self._run(self._global_done, [self._global_key], [member])
-
-    async def ping(self) -> str | None:
-        """What is wrong with Redis, or None when it answers (for /readyz)."""
-        try:
-            await cast(Awaitable[bool], self._redis.ping())
-        except (RedisError, OSError) as exc:
-            return f"redis: {type(exc).__name__}"
-        return None
-
-    async def close(self) -> None:
-        """Close the connections."""
-        await self._redis.aclose()
 
     @property
     def _global_key(self) -> str:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import asyncio
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiogram.filters.callback_data import CallbackData
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
 from bot.i18n import _
-from bot.telegram.shared_stops import SharedStops
+
+if TYPE_CHECKING:
+    from bot.telegram.shared_stops import SharedStops
 
 # draft_id is a 64-bit integer for Telegram; a positive 31-bit one suits every client.
 _MAX_ID = 2**31 - 1

@@ -40,26 +40,27 @@ async def prefix() -> AsyncIterator[str]:
         await redis.aclose()
 
 
-OPENED: list[SharedPace] = []
+OPENED: list[Redis] = []
 
 
 @pytest.fixture(autouse=True)
 async def close_shared() -> AsyncIterator[None]:
     yield
     while OPENED:
-        await OPENED.pop().close()
+        await OPENED.pop().aclose()
 
 
 def replica(prefix: str, *, rate: float, private: float = 1.0, url: str = REDIS_URL) -> FloodGate:
     """One replica's gate, sharing the limits kept under `prefix`."""
     limit = max(1, int(rate))
+    redis = Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    OPENED.append(redis)
     shared = SharedPace(
-        Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1),
+        redis,
         prefix=prefix,
         limit=limit,
         window=limit / rate * GLOBAL_WINDOW_MARGIN,
     )
-    OPENED.append(shared)
     return FloodGate(private_interval=private, group_interval=3, global_rate=rate, shared=shared)
 
 

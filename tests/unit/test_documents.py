@@ -11,9 +11,6 @@ import pytest
 
 from bot.services.documents import (
     DEFAULT_DOCUMENT_MAX_BYTES,
-    PDF_INFLATED_BYTES_PER_BYTE,
-    PDF_MAX_PAGES,
-    PDF_STREAM_MAX_BYTES,
     DocumentRefusal,
     TextDocument,
     Trimmed,
@@ -24,6 +21,7 @@ from bot.services.documents import (
     trim_to_tokens,
     wrap,
 )
+from bot.services.pdf import PDF_INFLATED_BYTES_PER_BYTE, PDF_MAX_PAGES, PDF_STREAM_MAX_BYTES
 from bot.services.tokens import TokenCounter
 from tests.fakes.pdf import encrypt_pdf, make_pdf, pdf_stream, text_content
 
