@@ -614,6 +614,8 @@ class CapacityResult:
     count_429: int
     violations: int
     rejected: dict[str, int]
+    # Bot API calls about the chats, by method (the worst run's, with repeats).
+    methods: dict[str, int]
     first_visible_p50: float
     first_visible_max: float
     bench_cpu_percent: float
@@ -669,10 +671,12 @@ async def capacity(
         wanted = set(ids)
         text_count = all_count = 0
         rejected: dict[str, int] = {}
+        methods: dict[str, int] = {}
         for call in tg.calls[calls_start:]:
             if call.chat_id not in wanted:
                 continue
             all_count += 1
+            methods[call.method] = methods.get(call.method, 0) + 1
             if call.status == 429:
                 rejected[call.method] = rejected.get(call.method, 0) + 1
             if call.method in TEXT_METHODS:
@@ -697,6 +701,7 @@ async def capacity(
             count_429=tg.flood.count_429 - flood_start[0],
             violations=tg.flood.violations - flood_start[1],
             rejected=rejected,
+            methods=methods,
             first_visible_p50=percentile(first_visible, 50),
             first_visible_max=max(first_visible, default=math.nan),
             bench_cpu_percent=100.0 * bench_cpu / max(tg.clock() - t0, 1e-9),
@@ -714,6 +719,7 @@ def combine(runs: Sequence[CapacityResult]) -> CapacityResult:
         for method, count in r.rejected.items():
             rejected[method] = max(rejected.get(method, 0), count)
     first = runs[0]
+    busiest = max(runs, key=lambda r: r.all_calls)
     return CapacityResult(
         chats=first.chats,
         answer_chars=first.answer_chars,
@@ -727,6 +733,7 @@ def combine(runs: Sequence[CapacityResult]) -> CapacityResult:
         count_429=max(r.count_429 for r in runs),
         violations=max(r.violations for r in runs),
         rejected=rejected,
+        methods=busiest.methods,
         first_visible_p50=median("first_visible_p50"),
         first_visible_max=median("first_visible_max"),
         bench_cpu_percent=median("bench_cpu_percent"),
@@ -831,6 +838,13 @@ def report(
             "< 300 MB RSS.",
             "",
         ]
+        for c in cap:
+            by_method = ", ".join(
+                f"{method} {count / c.chats:.2f}"
+                for method, count in sorted(c.methods.items(), key=lambda item: -item[1])
+            )
+            out.append(f"Calls per answer at {c.chats:,} chats, by method: {by_method}.")
+        out.append("")
     if smooth:
         out += [
             "| chat | answer s | characters | complete | largest gap s | edits or drafts | calls "
