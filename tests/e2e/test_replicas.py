@@ -275,7 +275,7 @@ async def test_replicas_share_telegram_s_rate_limit_through_redis(
         for replica, port in zip(replicas, ports, strict=True):
             await replica.start(**replica_settings(balancer, port), **limits)
         llm.set_default(lambda body: Stream(["Fine."]))
-        chats = list(range(9001, 9041))
+        chats = list(range(9001, 9021))
         for chat in chats:
             tg.user_message(chat_id=chat, text="How are you?")
         for chat in chats:
