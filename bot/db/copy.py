@@ -20,9 +20,9 @@ What happens, in order:
 4. The id sequences of `turns` and `usage_records` are moved past the highest copied id, so rows
    the bot adds later get fresh ids; then the transaction commits.
 
-Not copied: the `inbox` of Telegram updates fetched and not yet handled. They belong to the
-process that fetched them; updates Telegram has not delivered yet go to the bot once it runs on
-PostgreSQL.
+Not copied: the `inbox` of Telegram updates fetched and not yet handled, and the
+`handled_updates` of webhook mode. They belong to the process that fetched them; updates
+Telegram has not delivered yet go to the bot once it runs on PostgreSQL.
 
 Output: one line per table with the rows copied and a final line; never any message content.
 Exit codes: 0 copied; 2 usage or configuration error, or a target that already holds data (one
@@ -56,7 +56,7 @@ COPIED_TABLES: tuple[str, ...] = ("chats", "users", "turns", "turn_images", "usa
 GUARDED_TABLES: tuple[str, ...] = ("chats", "users", "turns", "usage_records")
 # Tables whose `id` is drawn from a sequence on PostgreSQL.
 SEQUENCED_TABLES: tuple[str, ...] = ("turns", "usage_records")
-NOT_COPIED = "inbox (pending updates belong to the old process)"
+NOT_COPIED = "inbox, handled_updates (pending updates belong to the old process)"
 # Pictures are up to VISION_MAX_BYTES each (5 MB by default, at most 20 MB): fewer per insert,
 # so that a batch stays within tens of megabytes of memory.
 MAX_BATCH = {"turn_images": 10}

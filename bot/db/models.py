@@ -211,3 +211,18 @@ class InboxUpdate(Base):
     chat_key: Mapped[int | None] = mapped_column(BigInteger)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
     lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class HandledUpdate(Base):
+    """Webhook mode: an update handled (and gone from the inbox) within the last day.
+
+    Telegram posts an update again when it missed the 200, possibly to another replica and
+    after the first one was handled; such a post is recognised here and not handled again.
+    """
+
+    __tablename__ = "handled_updates"
+
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    handled_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, server_default=_NOW, index=True
+    )

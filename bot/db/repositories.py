@@ -38,6 +38,7 @@ from bot.db.models import (
     BACKEND_NAME_MAX_LENGTH,
     ERROR_MAX_LENGTH,
     Chat,
+    HandledUpdate,
     InboxUpdate,
     Turn,
     TurnImage,
@@ -53,6 +54,7 @@ TURNS = cast(Table, Turn.__table__)
 TURN_IMAGES = cast(Table, TurnImage.__table__)
 USAGE_RECORDS = cast(Table, UsageRecord.__table__)
 INBOX = cast(Table, InboxUpdate.__table__)
+HANDLED = cast(Table, HandledUpdate.__table__)
 
 TURN_ROLES = frozenset({"user", "assistant"})
 USAGE_KINDS = frozenset({"chat", "image", "transcription"})
@@ -720,8 +722,19 @@ class InboxRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def add(self, *, entries: Sequence[InboxEntry]) -> None:
-        """Store updates; one already stored (fetched again) is left as it is."""
+    async def add(self, *, entries: Sequence[InboxEntry], unless_handled: bool = False) -> None:
+        """Store updates; one already stored (fetched again) is left as it is, and with
+        `unless_handled` so is one recorded as handled (`finish`)."""
+        if unless_handled and entries:
+            ids = [entry.update_id for entry in entries]
+            handled = set(
+                (
+                    await self._session.execute(
+                        select(HANDLED.c.update_id).where(HANDLED.c.update_id.in_(ids))
+                    )
+                ).scalars()
+            )
+            entries = [entry for entry in entries if entry.update_id not in handled]
         if not entries:
             return
         dialect = self._session.get_bind().dialect.name
@@ -810,6 +823,27 @@ class InboxRepository:
         for start in range(0, len(ids), INBOX_DELETE_SLICE):
             chunk = ids[start : start + INBOX_DELETE_SLICE]
             await self._session.execute(delete(INBOX).where(INBOX.c.update_id.in_(chunk)))
+
+    async def finish(self, *, update_ids: Sequence[int]) -> None:
+        """Delete handled updates and record them as handled (webhook mode, see `add`)."""
+        ids = sorted(set(update_ids))
+        if not ids:
+            return
+        await self.remove(update_ids=ids)
+        dialect = self._session.get_bind().dialect.name
+        now = utcnow()
+        for start in range(0, len(ids), INBOX_DELETE_SLICE):
+            chunk = ids[start : start + INBOX_DELETE_SLICE]
+            stmt = _upsert_insert(dialect, HANDLED).on_conflict_do_nothing(
+                index_elements=[HANDLED.c.update_id]
+            )
+            await self._session.execute(
+                stmt, [{"update_id": update_id, "handled_at": now} for update_id in chunk]
+            )
+
+    async def forget_handled(self, *, before: datetime) -> None:
+        """Forget updates handled before `before`: Telegram no longer posts them."""
+        await self._session.execute(delete(HANDLED).where(HANDLED.c.handled_at < before))
 
     async def waiting(self) -> list[InboxEntry]:
         """Every update still in the inbox, oldest first."""

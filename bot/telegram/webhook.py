@@ -9,6 +9,8 @@ that commit. Every replica then claims stored updates with a lease (`UpdateQueue
 - of each chat only the oldest update is claimable, and only while nobody holds a live lease on
   it, so a chat's messages are answered one at a time, in update_id order, across replicas;
   commands that answer at once and button presses wait for nothing (`ordered_chat`);
+- an update handled is remembered for a day (`handled_updates`): posted again, because
+  Telegram missed the 200, it is not handled again, whichever replica gets it;
 - a replica renews its leases while it works; if it dies, its updates are claimed again by
   another replica once their lease (LEASE_SECONDS) runs out. A user's message answered but not
   yet deleted when a replica died is recognised by the chat service and not answered twice.
@@ -25,8 +27,10 @@ import hmac
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from aiogram.types import Update
@@ -35,6 +39,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.db.models import utcnow
 from bot.db.repositories import InboxEntry, InboxRepository
 from bot.telegram.middlewares import InflightTracker, ordered_chat
 
@@ -55,6 +60,10 @@ CAPACITY = 256
 # Updates claimed per step: a burst is shared among the replicas rather than taken by the one
 # that woke first; a full batch is followed by the next step at once.
 CLAIM_BATCH = 8
+# Handled updates are remembered this long (Telegram keeps an update for at most a day), so one
+# posted again, to any replica, is not handled again; the older ones are forgotten this often.
+HANDLED_KEEP = timedelta(days=1)
+FORGET_EVERY = 600.0
 # Telegram's updates are a few kilobytes; a body past this is not an update.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -91,12 +100,13 @@ class UpdateQueue:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[int, asyncio.Task[None]] = {}
+        self._forget_at = 0.0  # when the handled updates older than a day are next forgotten
 
     async def store(self, update_id: int, payload: str, chat_key: int | None) -> None:
         """Store an update posted by Telegram (once, however often it is posted)."""
         entry = InboxEntry(update_id=update_id, payload=payload, chat_key=chat_key)
         async with self._sessions.begin() as session:
-            await InboxRepository(session).add(entries=[entry])
+            await InboxRepository(session).add(entries=[entry], unless_handled=True)
         self._wake.set()
 
     async def run(self) -> None:
@@ -128,7 +138,7 @@ class UpdateQueue:
         handled = self._tracker.take_handled()
         async with self._sessions.begin() as session:
             repository = InboxRepository(session)
-            await repository.remove(update_ids=sorted(handled))
+            await repository.finish(update_ids=sorted(handled))
             await repository.release(owner=self.owner)
 
     async def _step(self) -> int:
@@ -139,7 +149,10 @@ class UpdateQueue:
         try:
             async with self._sessions.begin() as session:
                 repository = InboxRepository(session)
-                await repository.remove(update_ids=sorted(handled))
+                await repository.finish(update_ids=sorted(handled))
+                if time.monotonic() >= self._forget_at:
+                    await repository.forget_handled(before=utcnow() - HANDLED_KEEP)
+                    self._forget_at = time.monotonic() + FORGET_EVERY
                 claimed = (
                     await repository.claim(owner=self.owner, limit=room, lease=self._lease)
                     if room > 0

@@ -103,6 +103,24 @@ async def test_an_update_posted_twice_is_answered_once(harness: BotHarness) -> N
     assert harness.texts(CHAT) == ["Once."]
 
 
+async def test_a_command_posted_again_after_it_was_handled_is_not_handled_again(
+    harness: BotHarness,
+) -> None:
+    await start_webhook(harness)
+    update = harness.tg.user_message(chat_id=CHAT, text="/help")
+    await harness.tg.wait_for(lambda t: len(t.messages(CHAT)) == 1, timeout=10)
+    await harness.idle()
+    # Telegram missed the 200 and posts the same update again, after it was handled, to a
+    # replica that did not handle it (here: the bot after a restart).
+    await harness.stop()
+    await start_webhook(harness)
+    harness.tg.redeliver(update["update_id"])
+    await harness.tg.wait_webhook_idle(timeout=10)
+    await asyncio.sleep(1.5)  # several claim steps of the queue
+    await harness.idle()
+    assert len(harness.tg.messages(CHAT)) == 1
+
+
 async def test_a_chat_s_messages_are_answered_in_order(harness: BotHarness) -> None:
     await start_webhook(harness)
     harness.llm.enqueue(

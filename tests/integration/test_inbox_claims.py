@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from bot.db.models import utcnow
 from bot.db.repositories import InboxEntry, InboxRepository
 
 LEASE = 30.0
@@ -95,3 +97,25 @@ async def test_replicas_claiming_at_once_never_share_an_update(
         await remove(sessionmaker, *claimed)
     assert sorted(seen) == list(range(1, 61))
     assert len(seen) == len(set(seen))
+
+
+async def test_an_update_posted_again_after_it_was_handled_is_not_stored_again(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    await store(sessionmaker, entry(1, 100), entry(2, 100))
+    assert await claim(sessionmaker, "a") == [1]
+    async with sessionmaker.begin() as session:
+        await InboxRepository(session).finish(update_ids=[1])
+    # Posted again (Telegram missed the 200), to any replica: not stored, not claimed again.
+    async with sessionmaker.begin() as session:
+        await InboxRepository(session).add(entries=[entry(1, 100)], unless_handled=True)
+    assert await claim(sessionmaker, "b") == [2]
+    assert await claim(sessionmaker, "b") == []
+    # A day later Telegram no longer posts it, and it is forgotten.
+    async with sessionmaker.begin() as session:
+        await InboxRepository(session).forget_handled(before=utcnow() + timedelta(seconds=1))
+    async with sessionmaker.begin() as session:
+        await InboxRepository(session).add(entries=[entry(1, 100)], unless_handled=True)
+    async with sessionmaker.begin() as session:
+        waiting = await InboxRepository(session).waiting()
+    assert [e.update_id for e in waiting] == [1, 2]

@@ -39,7 +39,7 @@ from bot.pricing import PriceList
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
-TABLES = {"chats", "users", "turns", "usage_records", "inbox", "turn_images"}
+TABLES = {"chats", "users", "turns", "usage_records", "inbox", "turn_images", "handled_updates"}
 
 
 async def run_alembic(
