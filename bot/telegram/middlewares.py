@@ -92,6 +92,16 @@ class InflightTracker:
         """Begin no more handlers from now on."""
         self.stopping = True
 
+    @property
+    def remembered(self) -> int:
+        """How many update ids this process keeps so as to skip them if they are fed again."""
+        return len(self._seen)
+
+    def forget(self, update_ids: set[int]) -> None:
+        """Forget these updates: the database now keeps them from being fed again (webhook
+        mode's handled_updates), so the process need not."""
+        self._seen -= update_ids
+
     def forget_below(self, update_id: int) -> None:
         """Forget updates below this id: Telegram confirmed them and never sends them again."""
         self._seen = {seen for seen in self._seen if seen >= update_id}

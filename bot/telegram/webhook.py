@@ -161,6 +161,8 @@ class UpdateQueue:
         except BaseException:
             self._tracker.handled |= handled  # deleted at the next step
             raise
+        # Recorded as handled in the database, which now refuses them: memory stays flat.
+        self._tracker.forget(handled)
         for entry in claimed:
             self._start(entry)
         return len(claimed)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from sqlalchemy import insert
 
+from bot.app import App
 from bot.db.models import InboxUpdate, utcnow
 from tests.e2e.conftest import BotHarness
 from tests.fakes.openai import Stream
@@ -38,6 +39,12 @@ async def start_webhook(harness: BotHarness, **overrides: Any) -> str:
         **overrides,
     )
     return url
+
+
+async def start_webhook_app(harness: BotHarness) -> App:
+    await start_webhook(harness)
+    assert harness.app is not None
+    return harness.app
 
 
 def handmade_update(update_id: int, text: str, chat_id: int = CHAT) -> dict[str, Any]:
@@ -119,6 +126,18 @@ async def test_a_command_posted_again_after_it_was_handled_is_not_handled_again(
     await asyncio.sleep(1.5)  # several claim steps of the queue
     await harness.idle()
     assert len(harness.tg.messages(CHAT)) == 1
+
+
+async def test_handled_updates_are_not_kept_in_memory(harness: BotHarness) -> None:
+    app = await start_webhook_app(harness)
+    for chat in range(7100, 7130):
+        harness.tg.user_message(chat_id=chat, text="/help")
+    for chat in range(7100, 7130):
+        await harness.tg.wait_for(lambda t, c=chat: len(t.messages(c)) == 1, timeout=10)
+    await harness.idle()
+    await asyncio.sleep(1.5)  # the queue's next steps record them as handled
+    # The database remembers them (and refuses them if posted again); the process does not.
+    assert app.tracker.remembered == 0
 
 
 async def test_a_chat_s_messages_are_answered_in_order(harness: BotHarness) -> None:
