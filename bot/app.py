@@ -434,7 +434,7 @@ def build_dispatcher(
 
 
 async def _on_startup(app: App) -> None:
-    if app.generations is not None and app.settings.redis_url:
+    if app.generations is not None and app.shared is not None:
         # Before any answer begins: from now on, other replicas' Stops reach this one's.
         app.stop_listener = asyncio.create_task(app.generations.listen())
     if app.updates is None:

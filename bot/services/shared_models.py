@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from bot.llm.types import ModelInfo
+from bot.outage import Outage
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,18 @@ class SharedModelList:
         self._redis = redis
         self._key = key
         self._ttl_ms = max(1, round(ttl * 1000))
-        self._failing = False
+        self._outage = Outage(
+            logger, begins="Redis failed (%s): this replica fetches the model list itself"
+        )
 
     async def get(self) -> SharedListing | None:
         """The list another replica fetched, or None (none kept, unreadable, Redis failed)."""
         try:
             raw = await self._redis.get(self._key)
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self._outage.failed(exc)
             return None
-        self._failing = False
+        self._outage.answered()
         if raw is None:
             return None
         try:
@@ -81,9 +84,4 @@ class SharedModelList:
         try:
             await self._redis.set(self._key, json.dumps(document), px=self._ttl_ms)
         except (RedisError, OSError) as exc:
-            self._failed(exc)
-
-    def _failed(self, exc: BaseException) -> None:
-        if not self._failing:
-            logger.warning("Redis failed (%s): this replica fetches the model list itself", exc)
-            self._failing = True
+            self._outage.failed(exc)

@@ -24,6 +24,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.outage import Outage
+
 logger = logging.getLogger(__name__)
 
 # A chat's keys expire a minute (60000 ms) after the moment they hold.
@@ -126,7 +128,11 @@ class SharedPace:
         self._chat_block = redis.register_script(_CHAT_BLOCK)
         self._global_slot = redis.register_script(_GLOBAL_SLOT)
         self._global_done = redis.register_script(_GLOBAL_DONE)
-        self._failing = False
+        self._outage = Outage(
+            logger,
+            begins="Redis failed (%s): pacing this replica on its own",
+            ends="Redis answers again: pacing shared with the other replicas",
+        )
 
     async def chat_turn(self, chat_id: int, interval: float) -> float:
         """Reserve the chat's next slot; the seconds to wait for it (0 if Redis failed)."""
@@ -174,13 +180,9 @@ class SharedPace:
         try:
             result = int(await script(keys=keys, args=args))
         except (RedisError, OSError) as exc:
-            if not self._failing:
-                logger.warning("Redis failed (%s): pacing this replica on its own", exc)
-                self._failing = True
+            self._outage.failed(exc)
             return failed
-        if self._failing:
-            logger.info("Redis answers again: pacing shared with the other replicas")
-            self._failing = False
+        self._outage.answered()
         return max(0, result)
 
 

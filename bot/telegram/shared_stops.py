@@ -26,6 +26,9 @@ from typing import TypeVar, cast
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from bot.outage import Outage
+from bot.telegram.stops import Asked
+
 logger = logging.getLogger(__name__)
 
 # The longest an answer is remembered: past any backend's total timeout.
@@ -45,7 +48,11 @@ class SharedStops:
     def __init__(self, redis: Redis, *, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._failing = False
+        self._outage = Outage(
+            logger,
+            begins="Redis failed (%s): a Stop reaches only the answers of the replica handling it",
+            ends="Redis answers again: Stops reach every replica",
+        )
 
     @property
     def channel(self) -> str:
@@ -68,13 +75,13 @@ class SharedStops:
         """The answer has ended: a later Stop for it finds nothing."""
         await self._call(self._redis.delete(self._key(generation_id)), failed=0)
 
-    async def find(self, generation_id: int) -> tuple[int, int | None] | None:
-        """The chat of a running answer and who asked for it; None if no answer has that id."""
+    async def find(self, generation_id: int) -> Asked | None:
+        """The running answer with this id, on any replica; None if there is none."""
         raw = await self._call(self._redis.get(self._key(generation_id)), failed=None)
         if raw is None:
             return None
         chat, _, asker = bytes(raw).decode().partition(":")
-        return int(chat), int(asker) if asker else None
+        return Asked(id=generation_id, chat_id=int(chat), asker_id=int(asker) if asker else None)
 
     async def stop(self, generation_id: int) -> None:
         """Ask the replica running answer `generation_id` to stop it."""
@@ -87,7 +94,7 @@ class SharedStops:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
-                    self._recovered()
+                    self._outage.answered()
                     backoff = RECONNECT_FIRST
                     while True:
                         message = await pubsub.get_message(
@@ -96,7 +103,7 @@ class SharedStops:
                         if message is not None:
                             _deliver(message.get("data"), on_stop)
             except (RedisError, OSError) as exc:
-                self._failed(exc)
+                self._outage.failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, RECONNECT_MAX)
 
@@ -104,23 +111,10 @@ class SharedStops:
         try:
             result = await command
         except (RedisError, OSError) as exc:
-            self._failed(exc)
+            self._outage.failed(exc)
             return failed
-        self._recovered()
+        self._outage.answered()
         return result
-
-    def _failed(self, exc: BaseException) -> None:
-        if not self._failing:
-            logger.warning(
-                "Redis failed (%s): a Stop reaches only the answers of the replica handling it",
-                exc,
-            )
-            self._failing = True
-
-    def _recovered(self) -> None:
-        if self._failing:
-            logger.info("Redis answers again: Stops reach every replica")
-            self._failing = False
 
     def _key(self, generation_id: int) -> str:
         return f"{self._prefix}:answer:{generation_id}"

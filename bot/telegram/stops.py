@@ -41,6 +41,11 @@ class Generation:
     asker_id: int | None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def asked(self) -> Asked:
+        """This answer as a Stop sees it."""
+        return Asked(id=self.id, chat_id=self.chat_id, asker_id=self.asker_id)
+
     def stop_button(self) -> InlineKeyboardMarkup:
         """The inline keyboard with this answer's Stop button, in the current language."""
         button = InlineKeyboardButton(text=_("⏹ Stop"), callback_data=StopPress(g=self.id).pack())
@@ -89,15 +94,12 @@ class Generations:
     async def find(self, *, chat_id: int, generation_id: int) -> Asked | None:
         """The running answer with this id in this chat, on any replica, if there is one."""
         generation = self._running.get(generation_id)
+        asked: Asked | None = None
         if generation is not None:
-            found: tuple[int, int | None] | None = (generation.chat_id, generation.asker_id)
+            asked = generation.asked
         elif self._shared is not None:
-            found = await self._shared.find(generation_id)
-        else:
-            found = None
-        if found is None or found[0] != chat_id:
-            return None
-        return Asked(id=generation_id, chat_id=chat_id, asker_id=found[1])
+            asked = await self._shared.find(generation_id)
+        return asked if asked is not None and asked.chat_id == chat_id else None
 
     async def stop(self, asked: Asked) -> None:
         """End that answer: here if it runs here, else on the replica running it."""

@@ -21,9 +21,8 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from aiohttp import web
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from tests.conftest import REDIS_URL
 from tests.e2e.conftest import BotHarness
 from tests.e2e.test_streaming_modes import stop_data, words
 from tests.e2e.test_webhook import SECRET, free_port
@@ -33,7 +32,6 @@ from tests.fakes.telegram import FakeTelegram
 ROOT = Path(__file__).parents[2]
 SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 TOKEN = "123456:TEST-TOKEN"
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture
@@ -235,27 +233,6 @@ async def lease_owner(url: str) -> str:
         await connection.close()
     assert isinstance(owner, str), owner
     return owner
-
-
-@pytest.fixture
-async def redis_prefix() -> AsyncIterator[str]:
-    """A Redis key prefix of this test's own, deleted afterwards (skipped without Redis)."""
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        await redis.ping()
-    except (RedisError, OSError) as exc:
-        await redis.aclose()
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    prefix = f"test-replicas-{secrets.token_hex(4)}"
-    try:
-        yield prefix
-    finally:
-        keys = [key async for key in redis.scan_iter(f"{prefix}:*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["redis", "no-redis"])

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.db import create_sessionmaker
@@ -24,6 +21,7 @@ from bot.services.models import (
     label,
 )
 from bot.services.shared_models import SharedModelList
+from tests.conftest import REDIS_URL
 from tests.fakes.openai import AKASHCHAT_MODELS, FakeLLM
 
 CHAT = 1001
@@ -290,16 +288,11 @@ async def test_a_fallback_without_a_model_list_leaves_the_primarys(setup: Setup)
     assert service.lacking("some-model") == {"main"}
 
 
-async def test_replicas_share_one_fetched_list_through_redis(setup: Setup) -> None:
-    redis = Redis.from_url("redis://127.0.0.1:6379/0")
-    try:
-        await redis.ping()
-    except (RedisError, OSError) as exc:
-        await redis.aclose()
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"Redis is not reachable: {exc}")
-    key = f"test-models-{secrets.token_hex(4)}:models"
+async def test_replicas_share_one_fetched_list_through_redis(
+    setup: Setup, redis_prefix: str
+) -> None:
+    redis = Redis.from_url(REDIS_URL)
+    key = f"{redis_prefix}:models"
     try:
         first = setup.service(shared=SharedModelList(redis, key=key, ttl=300))
         second = setup.service(shared=SharedModelList(redis, key=key, ttl=300))
@@ -323,5 +316,4 @@ async def test_replicas_share_one_fetched_list_through_redis(setup: Setup) -> No
         assert renewed is not None and "o3" in [m.id for m in renewed.models]
         assert setup.llm.models_requests == 2
     finally:
-        await redis.delete(key)
         await redis.aclose()

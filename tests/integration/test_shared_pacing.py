@@ -4,41 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from bot.telegram.pacing import GLOBAL_WINDOW_MARGIN, FloodGate
 from bot.telegram.shared_pacing import SharedPace
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        await redis.ping()
-    except (RedisError, OSError) as exc:
-        await redis.aclose()
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    name = f"test-pacing-{secrets.token_hex(4)}"
-    try:
-        yield name
-    finally:
-        keys = [key async for key in redis.scan_iter(f"{name}:*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
-
+from tests.conftest import REDIS_URL
 
 OPENED: list[Redis] = []
 
@@ -71,9 +45,9 @@ async def calls(gate: FloodGate, chat_ids: list[int], starts: list[float]) -> No
         gate.release(chat_id)
 
 
-async def test_replicas_together_keep_the_bot_wide_rate(prefix: str) -> None:
+async def test_replicas_together_keep_the_bot_wide_rate(redis_prefix: str) -> None:
     # Each replica alone would let 4 a second through; together they must too.
-    gates = [replica(prefix, rate=4, private=0.01) for _ in range(3)]
+    gates = [replica(redis_prefix, rate=4, private=0.01) for _ in range(3)]
     starts: list[float] = []
     await asyncio.gather(
         *(calls(gate, list(range(100 * n, 100 * n + 6)), starts) for n, gate in enumerate(gates))
@@ -84,8 +58,11 @@ async def test_replicas_together_keep_the_bot_wide_rate(prefix: str) -> None:
     assert min(b - a for a, b in zip(starts, starts[4:], strict=False)) >= 1.0
 
 
-async def test_a_chat_s_spacing_and_429_hold_across_replicas(prefix: str) -> None:
-    first, second = replica(prefix, rate=30, private=0.4), replica(prefix, rate=30, private=0.4)
+async def test_a_chat_s_spacing_and_429_hold_across_replicas(redis_prefix: str) -> None:
+    first, second = (
+        replica(redis_prefix, rate=30, private=0.4),
+        replica(redis_prefix, rate=30, private=0.4),
+    )
     starts: list[float] = []
     await asyncio.gather(calls(first, [7] * 3, starts), calls(second, [7] * 3, starts))
     starts.sort()

@@ -3,42 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from bot.telegram import shared_stops
 from bot.telegram.shared_stops import SharedStops
 from bot.telegram.stops import Asked, Generations
+from tests.conftest import REDIS_URL
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 CHAT = 4242
 ASKER = 77
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        await redis.ping()
-    except (RedisError, OSError) as exc:
-        await redis.aclose()
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    name = f"test-stops-{secrets.token_hex(4)}"
-    try:
-        yield name
-    finally:
-        keys = [key async for key in redis.scan_iter(f"{name}:*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
 
 
 class Replica:
@@ -71,9 +46,9 @@ async def subscribed(redis: Redis, channel: str, count: int) -> None:
     raise AssertionError(f"{count} listeners never subscribed to {channel}")
 
 
-async def test_a_stop_handled_by_another_replica_ends_the_answer(prefix: str) -> None:
-    async with Replica(prefix) as running, Replica(prefix) as other:
-        await subscribed(other.redis, f"{prefix}:stops", 2)
+async def test_a_stop_handled_by_another_replica_ends_the_answer(redis_prefix: str) -> None:
+    async with Replica(redis_prefix) as running, Replica(redis_prefix) as other:
+        await subscribed(other.redis, f"{redis_prefix}:stops", 2)
         generation = await running.generations.open(chat_id=CHAT, asker_id=ASKER)
 
         # The other replica finds the answer, with who asked, only in its own chat.
@@ -90,9 +65,9 @@ async def test_a_stop_handled_by_another_replica_ends_the_answer(prefix: str) ->
 
 
 async def test_replicas_never_give_two_answers_one_id(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with Replica(prefix) as first, Replica(prefix) as second:
+    async with Replica(redis_prefix) as first, Replica(redis_prefix) as second:
         taken = await first.generations.open(chat_id=CHAT, asker_id=None)
         # The second replica draws the same id first: it must draw again.
         draws = iter([taken.id - 1, taken.id - 1, 4])
@@ -104,11 +79,11 @@ async def test_replicas_never_give_two_answers_one_id(
 
 
 async def test_the_listener_comes_back_after_redis_drops_it(
-    prefix: str, monkeypatch: pytest.MonkeyPatch
+    redis_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shared_stops, "RECONNECT_FIRST", 0.05)
-    async with Replica(prefix) as running, Replica(prefix) as other:
-        channel = f"{prefix}:stops"
+    async with Replica(redis_prefix) as running, Replica(redis_prefix) as other:
+        channel = f"{redis_prefix}:stops"
         await subscribed(other.redis, channel, 2)
         # Redis drops every subscriber's connection (a restart or a failover looks the same).
         assert await other.redis.client_kill_filter(_type="pubsub") >= 2
@@ -121,9 +96,9 @@ async def test_the_listener_comes_back_after_redis_drops_it(
         await asyncio.wait_for(generation.stopped.wait(), timeout=5)
 
 
-async def test_a_malformed_message_on_the_channel_stops_nothing(prefix: str) -> None:
-    async with Replica(prefix) as running:
-        channel = f"{prefix}:stops"
+async def test_a_malformed_message_on_the_channel_stops_nothing(redis_prefix: str) -> None:
+    async with Replica(redis_prefix) as running:
+        channel = f"{redis_prefix}:stops"
         await subscribed(running.redis, channel, 1)
         generation = await running.generations.open(chat_id=CHAT, asker_id=ASKER)
         await running.redis.publish(channel, "not-a-number")
