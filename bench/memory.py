@@ -28,7 +28,7 @@ STEPS: list[tuple[str, str]] = [
     ),
     ("SQLAlchemy with aiosqlite", "import sqlalchemy.ext.asyncio, aiosqlite"),
     ("Alembic and the bot's models (bot.db)", "import alembic.command, bot.db"),
-    ("httpx, aiohttp, httpx-sse, orjson (bot.llm)", "import httpx, aiohttp, bot.llm.client"),
+    ("httpx, aiohttp, orjson (bot.llm)", "import httpx, aiohttp, bot.llm.client"),
     ("Babel and the compiled catalogues (bot.i18n)", "import bot.i18n; bot.i18n.catalogues()"),
     ("markdown-it-py and the renderer", "import bot.telegram.render"),
     (

@@ -24,7 +24,6 @@ from bot.llm.stream import (
     answer_texts,
     completion_events,
     finish,
-    sse_events,
 )
 from bot.llm.transport import as_httpx_error, read_capped, read_error_body, transport_error
 from bot.llm.types import ChatEvent, ChatMessage, ModelInfo, TextDelta
@@ -126,8 +125,9 @@ class LLMClient:
             async with self._open_stream(payload, budget) as response:
                 completion = await self._check_answer(response, deadline)
                 if completion is None:
-                    events = sse_events(response, budget, self._limits)
-                    texts = answer_texts(events, state, secret=self._api_key)
+                    texts = answer_texts(
+                        response, budget, self._limits, state, secret=self._api_key
+                    )
                     async with contextlib.aclosing(texts):
                         async for text in texts:
                             yield TextDelta(text)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
+import codecs
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, ServerSentEvent
 
 from bot.llm.dialects import (
     is_image_job,
@@ -67,45 +66,23 @@ class StreamState:
     carry: str = ""
 
 
-class BoundedBody(httpx.AsyncByteStream):
-    """A decoded response body, each read bounded by a deadline, its lines and size by limits.
+class BodyBounds:
+    """The limits of one streamed body, checked per chunk of decoded bytes as it arrives.
 
-    The bounds are checked per chunk, before the SSE parser buffers anything: one search for
-    the last line break, so an endless line fails at the limit rather than filling memory.
+    The check runs before the SSE parser buffers anything: one search for the last line break
+    per chunk, so an endless line fails at the limit rather than filling memory.
     """
 
-    def __init__(
-        self, chunks: AsyncIterator[bytes], budget: ReadBudget, limits: StreamLimits
-    ) -> None:
-        """Read `chunks` (an httpx response's `aiter_bytes()`), each read within `budget()`."""
-        self._chunks = chunks
-        self._budget = budget
+    __slots__ = ("_limits", "_line", "_total")
+
+    def __init__(self, limits: StreamLimits) -> None:
+        """Bound a body by `limits`."""
         self._limits = limits
         self._line = 0  # bytes since the last line break
         self._total = 0
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        """Yield the body as it arrives; raise LLMResponseTooLargeError past a limit."""
-        chunks = self._chunks
-        try:
-            while True:
-                within = self._budget()
-                try:
-                    if within is None:
-                        chunk = await anext(chunks)
-                    else:
-                        async with within:
-                            chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    return
-                self._check(chunk)
-                yield chunk
-        finally:
-            close = getattr(chunks, "aclose", None)
-            if close is not None:
-                await close()
-
-    def _check(self, chunk: bytes) -> None:
+    def check(self, chunk: bytes) -> None:
+        """Count `chunk` in; raise LLMResponseTooLargeError past a limit."""
         limits = self._limits
         self._total += len(chunk)
         if self._total > limits.answer_bytes:
@@ -133,46 +110,123 @@ class BoundedBody(httpx.AsyncByteStream):
             f"backend sent a line longer than {_size(self._limits.line_bytes)}"
         )
 
-    async def aclose(self) -> None:
-        """Stop reading; the response it came from is closed by its owner."""
-        close = getattr(self._chunks, "aclose", None)
-        if close is not None:
-            await close()
-
 
 def _size(limit: int) -> str:
     return f"{limit // MIB} MiB" if limit % MIB == 0 else f"{limit} bytes"
 
 
-def sse_events(
-    response: httpx.Response, budget: ReadBudget, limits: StreamLimits
-) -> AsyncGenerator[ServerSentEvent, None]:
-    """The events of a streaming answer, whatever its Content-Type says (see BoundedBody).
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One server-sent event: its type ("message" unless named) and its data lines joined."""
 
-    Some proxies stream valid SSE as text/plain or without a Content-Type at all, so httpx-sse
-    is handed the bounded, decoded body as a text/event-stream response of its own.
+    event: str
+    data: str
+
+
+class SSEParser:
+    """Server-sent events from a body's text, fed as it arrives, by the WHATWG rules.
+
+    Lines end in LF, CRLF or a lone CR (even split across feeds); a blank line dispatches the
+    event; comments and unknown fields are ignored; an event without data is not dispatched,
+    nor is one the body ends before its blank line. `id` and `retry` are not kept: a chat
+    completion is never resumed.
+    """
+
+    __slots__ = ("_after_cr", "_data", "_event", "_partial")
+
+    def __init__(self) -> None:
+        """Start before the first line."""
+        self._partial = ""  # a line still waiting for its end
+        self._after_cr = False  # the last feed ended in CR: a leading LF belongs to it
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, text: str) -> list[Event]:
+        """The events that `text` completes."""
+        if self._after_cr and text.startswith("\n"):
+            text = text[1:]
+        self._after_cr = text.endswith("\r")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        if len(lines) == 1:
+            self._partial += text
+            return []
+        lines[0] = self._partial + lines[0]
+        self._partial = lines.pop()
+        events: list[Event] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append(Event(self._event or "message", "\n".join(self._data)))
+                    self._data = []
+                self._event = ""
+                continue
+            field, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if field == "data":
+                self._data.append(value)
+            elif field == "event":
+                self._event = value
+        return events
+
+
+def text_decoder(response: httpx.Response) -> codecs.IncrementalDecoder:
+    """A decoder of the body's charset (UTF-8 unless it names a known other), bad bytes as U+FFFD.
+
+    Some proxies stream valid SSE as text/plain or without a Content-Type at all: the body is
+    parsed as SSE whatever its Content-Type says.
     """
     charset = response.charset_encoding or "utf-8"
-    body = httpx.Response(
-        response.status_code,
-        headers={"Content-Type": f"text/event-stream; charset={charset}"},
-        stream=BoundedBody(response.aiter_bytes(), budget, limits),
-        request=response.request,
-    )
-    return EventSource(body).aiter_sse()
+    try:
+        factory = codecs.getincrementaldecoder(charset)
+    except LookupError:
+        logger.warning("backend streams in unknown charset %r; reading it as UTF-8", charset)
+        factory = codecs.getincrementaldecoder("utf-8")
+    return factory(errors="replace")
 
 
 async def answer_texts(
-    events: AsyncGenerator[ServerSentEvent, None], state: StreamState, *, secret: str | None
+    response: httpx.Response,
+    budget: ReadBudget,
+    limits: StreamLimits,
+    state: StreamState,
+    *,
+    secret: str | None,
 ) -> AsyncGenerator[str, None]:
-    """The answer's text pieces, until `[DONE]` or the end of the body; `state` keeps the rest."""
-    async with contextlib.aclosing(events):
-        async for sse in events:
-            for text in handle_event(sse, state, secret=secret):
-                state.text_sent = True
-                yield text
-            if state.done:
+    """The answer's text pieces, until `[DONE]` or the end of the body; `state` keeps the rest.
+
+    The body is read as the backend sends it, each read within `budget()`. Each chunk goes
+    through bounds, decoding, SSE and the completion chunk in one pass, with no layers of async
+    iterators (httpx's text and line iterators, an SSE library's) in between.
+    """
+    chunks = response.aiter_bytes()
+    bounds = BodyBounds(limits)
+    decoder = text_decoder(response)
+    parser = SSEParser()
+    try:
+        while True:
+            within = budget()
+            try:
+                if within is None:
+                    chunk = await anext(chunks)
+                else:
+                    async with within:
+                        chunk = await anext(chunks)
+            except StopAsyncIteration:
                 return
+            bounds.check(chunk)
+            for sse in parser.feed(decoder.decode(chunk)):
+                for text in handle_event(sse, state, secret=secret):
+                    state.text_sent = True
+                    yield text
+                if state.done:
+                    return
+    finally:
+        close = getattr(chunks, "aclose", None)  # an async generator, typed as an iterator
+        if close is not None:
+            await close()
 
 
 def finish(state: StreamState) -> list[ChatEvent]:
@@ -194,7 +248,7 @@ def finish(state: StreamState) -> list[ChatEvent]:
     return events
 
 
-def handle_event(sse: ServerSentEvent, state: StreamState, *, secret: str | None) -> list[str]:
+def handle_event(sse: Event, state: StreamState, *, secret: str | None) -> list[str]:
     """The text pieces one SSE event brings; records finish reason, usage and `[DONE]`."""
     chunk = _chunk(sse, state, secret=secret)
     if chunk is None:
@@ -211,9 +265,7 @@ def handle_event(sse: ServerSentEvent, state: StreamState, *, secret: str | None
     return texts
 
 
-def _chunk(
-    sse: ServerSentEvent, state: StreamState, *, secret: str | None
-) -> dict[str, Any] | None:
+def _chunk(sse: Event, state: StreamState, *, secret: str | None) -> dict[str, Any] | None:
     """The event's completion chunk (a dict), or None for an event that brings none."""
     data = sse.data.strip()
     if sse.event == "error":

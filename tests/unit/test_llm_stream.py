@@ -14,8 +14,8 @@ from aiohttp import web
 
 from bot.llm.client import LLMClient
 from bot.llm.errors import LLMResponseTooLargeError
-from bot.llm.policy import RetryPolicy, Within
-from bot.llm.stream import MAX_LINE_BYTES, MIB, BoundedBody, StreamLimits
+from bot.llm.policy import RetryPolicy
+from bot.llm.stream import MAX_LINE_BYTES, MIB, BodyBounds, StreamLimits
 from bot.llm.transport import backend_http_client
 from bot.llm.types import ChatMessage, StreamEnd, TextDelta
 
@@ -27,16 +27,13 @@ def event(text: str) -> bytes:
     return f"data: {json.dumps(chunk)}\n\n".encode()
 
 
-async def read_all(chunks: Iterable[bytes], limits: StreamLimits) -> bytes:
-    async def source() -> AsyncIterator[bytes]:
-        for chunk in chunks:
-            yield chunk
-
-    def budget() -> Within:
-        return Within(asyncio.get_running_loop().time() + 10.0, "total", 10.0)
-
-    body = BoundedBody(source(), budget, limits)
-    return b"".join([chunk async for chunk in body])
+def read_all(chunks: Iterable[bytes], limits: StreamLimits) -> bytes:
+    bounds = BodyBounds(limits)
+    read = []
+    for chunk in chunks:
+        bounds.check(chunk)
+        read.append(chunk)
+    return b"".join(read)
 
 
 # -- the bounds, chunk by chunk ------------------------------------------------------------------
@@ -50,8 +47,8 @@ async def read_all(chunks: Iterable[bytes], limits: StreamLimits) -> bytes:
         [(b"x" * 10 + b"\n") * 50],  # one large chunk of short lines
     ],
 )
-async def test_lines_up_to_the_limit_pass(chunks: list[bytes]) -> None:
-    assert await read_all(chunks, StreamLimits(line_bytes=10)) == b"".join(chunks)
+def test_lines_up_to_the_limit_pass(chunks: list[bytes]) -> None:
+    assert read_all(chunks, StreamLimits(line_bytes=10)) == b"".join(chunks)
 
 
 @pytest.mark.parametrize(
@@ -63,16 +60,16 @@ async def test_lines_up_to_the_limit_pass(chunks: list[bytes]) -> None:
         [b"short\n" + b"y" * 30 + b"\nshort\n"],  # inside one large chunk
     ],
 )
-async def test_a_line_past_the_limit_fails(chunks: list[bytes]) -> None:
+def test_a_line_past_the_limit_fails(chunks: list[bytes]) -> None:
     with pytest.raises(LLMResponseTooLargeError, match="line longer than 10 bytes"):
-        await read_all(chunks, StreamLimits(line_bytes=10))
+        read_all(chunks, StreamLimits(line_bytes=10))
 
 
-async def test_an_answer_past_the_total_limit_fails() -> None:
+def test_an_answer_past_the_total_limit_fails() -> None:
     chunks = [b"x" * 9 + b"\n"] * 10
-    assert len(await read_all(chunks, StreamLimits(answer_bytes=100))) == 100
+    assert len(read_all(chunks, StreamLimits(answer_bytes=100))) == 100
     with pytest.raises(LLMResponseTooLargeError, match="more than 99 bytes in one answer"):
-        await read_all(chunks, StreamLimits(answer_bytes=99))
+        read_all(chunks, StreamLimits(answer_bytes=99))
 
 
 # -- through the client, from a real server ------------------------------------------------------
