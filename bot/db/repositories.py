@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -824,7 +824,7 @@ class InboxRepository:
             chunk = ids[start : start + INBOX_DELETE_SLICE]
             await self._session.execute(delete(INBOX).where(INBOX.c.update_id.in_(chunk)))
 
-    async def finish(self, *, update_ids: Sequence[int]) -> None:
+    async def finish(self, *, update_ids: Iterable[int]) -> None:
         """Delete handled updates and record them as handled (webhook mode, see `add`)."""
         ids = sorted(set(update_ids))
         if not ids:

@@ -172,7 +172,7 @@ class SSEParser:
         return events
 
 
-def text_decoder(response: httpx.Response) -> codecs.IncrementalDecoder:
+def _text_decoder(response: httpx.Response) -> codecs.IncrementalDecoder:
     """A decoder of the body's charset (UTF-8 unless it names a known other), bad bytes as U+FFFD.
 
     Some proxies stream valid SSE as text/plain or without a Content-Type at all: the body is
@@ -203,7 +203,7 @@ async def answer_texts(
     """
     chunks = response.aiter_bytes()
     bounds = BodyBounds(limits)
-    decoder = text_decoder(response)
+    decoder = _text_decoder(response)
     parser = SSEParser()
     try:
         while True:

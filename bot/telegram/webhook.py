@@ -138,7 +138,7 @@ class UpdateQueue:
         handled = self._tracker.take_handled()
         async with self._sessions.begin() as session:
             repository = InboxRepository(session)
-            await repository.finish(update_ids=sorted(handled))
+            await repository.finish(update_ids=handled)
             await repository.release(owner=self.owner)
 
     async def _step(self) -> int:
@@ -149,7 +149,7 @@ class UpdateQueue:
         try:
             async with self._sessions.begin() as session:
                 repository = InboxRepository(session)
-                await repository.finish(update_ids=sorted(handled))
+                await repository.finish(update_ids=handled)
                 if time.monotonic() >= self._forget_at:
                     await repository.forget_handled(before=utcnow() - HANDLED_KEEP)
                     self._forget_at = time.monotonic() + FORGET_EVERY

@@ -577,6 +577,36 @@ async def test_sse_with_wrong_content_type_is_still_parsed(make: HarnessFactory)
     assert pieces == ["Otters"]
 
 
+def raw_sse(text: str) -> str:
+    """One content event with `text` written as is (not \\u-escaped), then [DONE]."""
+    event = json.dumps(chunk(text, finish="stop"), ensure_ascii=False)
+    return f"data: {event}\n\ndata: [DONE]\n\n"
+
+
+async def test_a_stream_in_the_charset_its_content_type_names_is_decoded_in_it(
+    make: HarnessFactory,
+) -> None:
+    body = raw_sse("Привет, выдры").encode("windows-1251")
+    h = make(reply(body, content_type="text/event-stream; charset=windows-1251"))
+
+    pieces, _ = await answer(h.client)
+
+    assert pieces == ["Привет, выдры"]
+
+
+async def test_a_stream_in_an_unknown_charset_is_read_as_utf8(
+    make: HarnessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = raw_sse("Выдры 🦦").encode("utf-8")
+    h = make(reply(body, content_type="text/event-stream; charset=x-no-such-charset"))
+
+    with caplog.at_level(logging.WARNING):
+        pieces, _ = await answer(h.client)
+
+    assert pieces == ["Выдры 🦦"]
+    assert "x-no-such-charset" in caplog.text
+
+
 async def test_html_page_with_200_is_a_protocol_error(make: HarnessFactory) -> None:
     h = make(reply("<html><body>Open WebUI</body></html>", content_type="text/html"))
 
