@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -162,6 +163,12 @@ class LLMClient:
 
         return budget
 
+    @functools.cached_property
+    def _chat_url(self) -> httpx.URL:
+        # Parsed once: httpx parses a URL given as a string on every request. A base URL
+        # httpx refuses raises InvalidURL here, inside the request's error handling, each time.
+        return httpx.URL(f"{self._base_url}/chat/completions")
+
     @contextlib.asynccontextmanager
     async def _open_stream(
         self, payload: dict[str, Any], budget: Callable[[], Within | None]
@@ -170,7 +177,7 @@ class LLMClient:
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store", **self._auth()}
         request = self._http.build_request(
             "POST",
-            f"{self._base_url}/chat/completions",
+            self._chat_url,
             json=payload,
             headers=headers,
             timeout=self._httpx_timeout(),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, delete, event, func, insert, select, text
+from sqlalchemy import Connection, delete, event, func, insert, make_url, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -78,20 +79,58 @@ async def test_sqlite_connection_settings(sqlite_engine: AsyncEngine) -> None:
     }
 
 
-async def test_sqlite_transactions_begin_immediate(sqlite_engine: AsyncEngine) -> None:
-    statements: list[str] = []
+def other_process_can_write(sqlite_url: str) -> bool:
+    """Whether a second connection (a backup, the sqlite3 shell) gets the write lock at once."""
+    other = sqlite3.connect(make_url(sqlite_url).database or "", timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        assert "locked" in str(exc)
+        return False
+    else:
+        other.execute("ROLLBACK")
+        return True
+    finally:
+        other.close()
 
-    def record(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
 
-    event.listen(sqlite_engine.sync_engine, "before_cursor_execute", record)
+async def test_sqlite_transactions_hold_the_write_lock_from_their_first_read(
+    sqlite_url: str, sqlite_engine: AsyncEngine
+) -> None:
+    """BEGIN IMMEDIATE: a transaction that reads and then writes never fails half-way because
+    another connection wrote in between; it queues for the lock up front instead."""
     sessionmaker = create_sessionmaker(sqlite_engine)
     async with sessionmaker() as session:
-        await ChatRepository(session).get(chat_id=1)  # autobegun read transaction
+        await ChatRepository(session).get(chat_id=1)  # autobegun: a read, nothing written yet
+        assert not other_process_can_write(sqlite_url)
+    assert other_process_can_write(sqlite_url)
     async with sessionmaker() as session, session.begin():
         await add_chat_in(session, 1)
-    assert statements.count("BEGIN IMMEDIATE") == 2
-    assert statements[0] == "BEGIN IMMEDIATE"
+        assert not other_process_can_write(sqlite_url)
+    assert other_process_can_write(sqlite_url)
+
+
+async def test_connection_returned_inside_a_transaction_is_rolled_back(
+    sqlite_url: str, sqlite_engine: AsyncEngine
+) -> None:
+    """A connection handed back to the pool mid-transaction keeps neither its rows nor the lock.
+
+    Sessions end their transactions themselves; this is the pool's reset on return, for a
+    connection whose user did not (here the driver connection is written to directly).
+    """
+
+    def write_without_ending(connection: Connection) -> None:
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("BEGIN IMMEDIATE")
+        cursor.execute("INSERT INTO chats (id, type) VALUES (7, 'private')")
+        cursor.close()
+
+    async with sqlite_engine.connect() as conn:
+        await conn.run_sync(write_without_ending)
+        assert not other_process_can_write(sqlite_url)
+    assert other_process_can_write(sqlite_url)
+    async with create_sessionmaker(sqlite_engine)() as session:
+        assert await ChatRepository(session).get(chat_id=7) is None
 
 
 async def add_chat_in(session: AsyncSession, chat_id: int) -> None:
