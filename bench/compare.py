@@ -153,12 +153,32 @@ def main(argv: Sequence[str] | None = None) -> None:
                     print(f"round {round_ + 1}: {label}", file=sys.stderr, flush=True)
                     out = scratch / f"{label}-{round_}.json"
                     results.append(run_once(root, run_args, out))
+                    print(f"  {_cpu_figures(results[-1])}", file=sys.stderr, flush=True)
         finally:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
                 check=False,
             )
     print(table(before, after, args.before))
+    print()
+    print(spread(before, after))
+
+
+def _cpu_figures(raw: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{name}: {_fmt(read(raw))}" for name, read in metrics(raw) if name.startswith("CPU")
+    )
+
+
+def spread(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """Each round's CPU per answer, so the table's medians can be read with their noise."""
+    lines = []
+    for name, read in metrics(after[0]):
+        if name.startswith("CPU"):
+            for label, runs in (("before", before), ("after", after)):
+                values = " ".join(_fmt(read(r)) for r in runs)
+                lines.append(f"{name}, each round {label}: {values}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
