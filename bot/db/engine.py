@@ -178,13 +178,13 @@ def _begin(connection: Connection, statement: str) -> None:
     """Run `statement` in one round trip to the driver's thread.
 
     Through SQLAlchemy's cursor, a statement is three trips (open a cursor, execute, close
-    it). The driver connection's own `execute` opens the cursor on its thread; the cursor of a
-    BEGIN holds nothing and is left to be collected. `run_async` is SQLAlchemy's documented way
-    to await the asyncio driver from an event hook.
+    it). aiosqlite's `execute_fetchall` opens, runs and drops its cursor in one call on the
+    driver's thread. `run_async` is SQLAlchemy's documented way to await the asyncio driver
+    from an event hook.
     """
     adapted = connection.connection.dbapi_connection
     assert isinstance(adapted, AdaptedConnection)
-    adapted.run_async(lambda driver: driver.execute(statement))
+    adapted.run_async(lambda driver: driver.execute_fetchall(statement))
 
 
 def _on_sqlite_reset(
