@@ -164,20 +164,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(spread(before, after))
 
 
+def _cpu_metrics(raw: dict[str, Any]) -> list[Metric]:
+    return [(name, read) for name, read in metrics(raw) if name.startswith("CPU")]
+
+
 def _cpu_figures(raw: dict[str, Any]) -> str:
-    return ", ".join(
-        f"{name}: {_fmt(read(raw))}" for name, read in metrics(raw) if name.startswith("CPU")
-    )
+    return ", ".join(f"{name}: {_fmt(read(raw))}" for name, read in _cpu_metrics(raw))
 
 
 def spread(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
     """Each round's CPU per answer, so the table's medians can be read with their noise."""
     lines = []
-    for name, read in metrics(after[0]):
-        if name.startswith("CPU"):
-            for label, runs in (("before", before), ("after", after)):
-                values = " ".join(_fmt(read(r)) for r in runs)
-                lines.append(f"{name}, each round {label}: {values}")
+    for name, read in _cpu_metrics(after[0]):
+        for label, runs in (("before", before), ("after", after)):
+            values = " ".join(_fmt(read(r)) for r in runs)
+            lines.append(f"{name}, each round {label}: {values}")
     return "\n".join(lines)
 
 

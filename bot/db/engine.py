@@ -105,8 +105,7 @@ def _in_memory(url: URL) -> bool:
 
 def _create_sqlite_engine(url: URL) -> AsyncEngine:
     if _in_memory(url):
-        engine = create_async_engine(url, pool_reset_on_return=None)
-        event.listen(engine.sync_engine, "reset", _on_sqlite_reset)
+        engine = _sqlite_async_engine(url)
     else:
         Path(url.database or "").expanduser().parent.mkdir(parents=True, exist_ok=True)
         # One connection. SQLite lets one writer in at a time, and every transaction here
@@ -129,19 +128,21 @@ def _sqlite_file_engine(url: URL, *, pool_size: int) -> AsyncEngine:
     # aiosqlite runs every statement on a thread of the connection's own, so a statement that
     # waits for another process's write lock (a backup, the sqlite3 shell) waits there, up to
     # busy_timeout, while the event loop goes on streaming answers.
-    #
-    # Each of those statements is a round trip to that thread and back through the event
-    # loop, which is most of what a transaction costs (about 60 µs of CPU a trip). So BEGIN
-    # takes one trip instead of three (see `_begin`), and a connection going back to the pool
-    # is rolled back only when it is still inside a transaction (`_on_sqlite_reset`), where the
-    # pool's default would roll back every time, even after a COMMIT.
-    engine = create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=0,
-        pool_timeout=SQLITE_POOL_TIMEOUT_S,
-        pool_reset_on_return=None,
+    return _sqlite_async_engine(
+        url, pool_size=pool_size, max_overflow=0, pool_timeout=SQLITE_POOL_TIMEOUT_S
     )
+
+
+def _sqlite_async_engine(url: URL, **pool: Any) -> AsyncEngine:
+    """Every SQLite engine: aiosqlite, and the pool's reset on return done by `_on_sqlite_reset`.
+
+    Each driver call is a round trip to the connection's thread and back through the event
+    loop, which is most of what a transaction costs (about 60 µs of CPU a trip). So BEGIN takes
+    one trip instead of three (see `_begin`), and a connection going back to the pool is rolled
+    back only when it is still inside a transaction, where the pool's default would roll back
+    every time, even after a COMMIT.
+    """
+    engine = create_async_engine(url, pool_reset_on_return=None, **pool)
     event.listen(engine.sync_engine, "reset", _on_sqlite_reset)
     return engine
 
